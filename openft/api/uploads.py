@@ -1,0 +1,49 @@
+"""/v1/uploads"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from openft.api.dependencies import CallerDep, ServicesDep
+from openft.api.multipart import read_multipart
+from openft.errors import InvalidRequest
+from openft.protocol.uploads import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
+
+router = APIRouter(prefix="/uploads", tags=["uploads"])
+
+
+@router.post("")
+def create_upload(body: CreateUploadRequest, services: ServicesDep, caller: CallerDep) -> Upload:
+    return services.uploads.create(caller.organization, body)
+
+
+@router.post("/{upload_id}/parts")
+async def add_upload_part(
+    upload_id: str, request: Request, services: ServicesDep, caller: CallerDep
+) -> UploadPart:
+    part_id, writer = services.uploads.open_part_writer(caller.organization, upload_id)
+    form = await read_multipart(
+        request,
+        lambda _field, _filename: writer,
+        max_file_bytes=services.settings.max_upload_part_bytes,
+        file_fields=("data",),
+    )
+    if "data" not in form.files:
+        writer.discard()
+        raise InvalidRequest(
+            "Missing required parameter: 'data'.", param="data", code="missing_required_parameter"
+        )
+    return await run_in_threadpool(services.uploads.add_part, caller.organization, upload_id, part_id, writer)
+
+
+@router.post("/{upload_id}/complete")
+def complete_upload(
+    upload_id: str, body: CompleteUploadRequest, services: ServicesDep, caller: CallerDep
+) -> Upload:
+    return services.uploads.complete(caller.organization, upload_id, body)
+
+
+@router.post("/{upload_id}/cancel")
+def cancel_upload(upload_id: str, services: ServicesDep, caller: CallerDep) -> Upload:
+    return services.uploads.cancel(caller.organization, upload_id)

@@ -1,0 +1,66 @@
+"""The `openft` command: `serve`, `worker` and the tools."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+
+from openft.config import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="openft", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the API (and one embedded worker)")
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    arguments = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if arguments.command == "serve":
+        sys.exit(serve_command(settings, arguments.host or settings.host, arguments.port or settings.port))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_command(settings: Settings, host: str, port: int) -> int:
+    if settings.single_user and not is_loopback(host):
+        print(
+            f"openft: refusing to listen on {host} without API keys. Set OPENFT_API_KEYS=key:organization "
+            "(comma-separated pairs), or listen on 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
+    import uvicorn
+
+    from openft.api.app import create_app
+    from openft.service import build_services
+
+    services = build_services(settings)
+    app = create_app(services)
+    key_hint = "any key" if settings.single_user else "one of the keys in OPENFT_API_KEYS"
+    url_host = f"[{host}]" if ":" in host else host
+    print(
+        f"openft is serving on http://{url_host}:{port}/v1 (data in {settings.data_dir.resolve()})\n"
+        f"Point the official SDK at it:\n"
+        f"    from openai import OpenAI\n"
+        f'    client = OpenAI(base_url="http://{url_host}:{port}/v1", api_key="...")  # {key_hint}\n'
+        f"or export OPENAI_BASE_URL=http://{url_host}:{port}/v1",
+        flush=True,
+    )
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+    finally:
+        services.close()
+    return 0

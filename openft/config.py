@@ -1,0 +1,75 @@
+"""Every tunable of openft, read from `OPENFT_*` environment variables with embedded defaults."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ORGANIZATION = "personal"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPENFT_", extra="ignore")
+
+    data_dir: Path = Field(Path(".openft"), description="Database, blobs and models live here.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    api_keys: str = Field(
+        "",
+        description="Comma-separated `key:organization` pairs. Empty: single-user, loopback only.",
+    )
+    base_models: str = Field(
+        "",
+        description="Comma-separated `name=path` pairs of local Hugging Face model directories.",
+    )
+    embedded_model_id: str = Field("smollm2-135m-instruct", description="Id of the embedded base model.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest file accepted by POST /files.")
+    max_upload_part_bytes: int = Field(64 * 1024 * 1024, description="Largest part of an Upload.")
+    max_upload_total_bytes: int = Field(8 * 1024**3, description="Largest file assembled by an Upload.")
+    upload_expiry_seconds: int = Field(3600, description="An Upload not completed by then expires.")
+    log_level: str = "INFO"
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'openft.db').resolve()}"
+
+    @cached_property
+    def api_key_organizations(self) -> dict[str, str]:
+        """Maps each configured key to its organization."""
+        pairs: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.api_keys.split(","))):
+            key, sep, organization = item.rpartition(":")
+            if not sep or not key or not organization:
+                raise ValueError(f"OPENFT_API_KEYS entry {item!r} is not `key:organization`")
+            pairs[key] = organization
+        return pairs
+
+    @cached_property
+    def registered_base_models(self) -> dict[str, Path]:
+        """Maps each model id named in OPENFT_BASE_MODELS to its directory."""
+        models: dict[str, Path] = {}
+        for item in filter(None, (part.strip() for part in self.base_models.split(","))):
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"OPENFT_BASE_MODELS entry {item!r} is not `name=path`")
+            models[name.strip()] = Path(path.strip()).expanduser()
+        return models
+
+    @property
+    def single_user(self) -> bool:
+        return not self.api_key_organizations
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

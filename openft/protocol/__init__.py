@@ -1,0 +1,1 @@
+"""Wire objects: pydantic models mirroring OpenAI's, field for field, one module per resource."""

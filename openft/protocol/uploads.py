@@ -1,0 +1,50 @@
+"""`Upload` and `UploadPart`, as `openai.types.Upload` and `openai.types.uploads.UploadPart` have them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from openft.protocol.files import FileObject, FilePurpose
+
+
+class ExpiresAfter(BaseModel):
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2_592_000)
+
+
+class CreateUploadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    bytes: int = Field(ge=0)
+    filename: str = Field(min_length=1)
+    mime_type: str = Field(min_length=1)
+    purpose: FilePurpose
+    expires_after: ExpiresAfter | None = None
+
+
+class CompleteUploadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    part_ids: list[str]
+    md5: str | None = None
+
+
+class Upload(BaseModel):
+    id: str
+    object: Literal["upload"] = "upload"
+    bytes: int
+    created_at: int
+    expires_at: int
+    filename: str
+    purpose: str
+    status: Literal["pending", "completed", "cancelled", "expired"]
+    file: FileObject | None = None
+
+
+class UploadPart(BaseModel):
+    id: str
+    object: Literal["upload.part"] = "upload.part"
+    created_at: int
+    upload_id: str

@@ -1,0 +1,42 @@
+"""The rules of openft: what the API may do with files, uploads, models and jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from openft.blobs import BlobStore
+from openft.config import Settings
+from openft.service.files import FileService
+from openft.service.models import BaseModelRegistry
+from openft.service.uploads import UploadService
+from openft.store import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    blobs: BlobStore
+    files: FileService
+    uploads: UploadService
+    base_models: BaseModelRegistry
+
+    def close(self) -> None:
+        self.database.dispose()
+
+
+def build_services(settings: Settings) -> Services:
+    """Opens the database (migrated to head) and the blob store under the data directory."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.resolved_database_url)
+    database.migrate()
+    blobs = BlobStore(settings.blobs_dir)
+    files = FileService(database, blobs)
+    return Services(
+        settings=settings,
+        database=database,
+        blobs=blobs,
+        files=files,
+        uploads=UploadService(database, blobs, files, settings),
+        base_models=BaseModelRegistry(settings),
+    )

@@ -1,0 +1,187 @@
+"""The Files API's rules: purposes, expiry, ownership, and bytes that outlive their rows never."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from openft import ids
+from openft.blobs import BlobStore, BlobWriter
+from openft.errors import InvalidRequest, NotFound
+from openft.protocol.common import DeletedObject
+from openft.protocol.files import (
+    MAX_EXPIRY_SECONDS,
+    MIN_EXPIRY_SECONDS,
+    UPLOAD_PURPOSES,
+    FileList,
+    FileObject,
+)
+from openft.store import Database, UnknownCursor
+from openft.store import files as file_rows
+from openft.store.files import FileRecord
+
+MAX_LIST_LIMIT = 10_000
+
+
+def file_blob_key(file_id: str) -> str:
+    return f"files/{file_id}"
+
+
+def to_wire(record: FileRecord) -> FileObject:
+    return FileObject(
+        id=record.id,
+        bytes=record.bytes,
+        created_at=record.created_at,
+        filename=record.filename,
+        purpose=record.purpose,
+        status=record.status,
+        expires_at=record.expires_at,
+        status_details=record.status_details,
+    )
+
+
+def parse_expires_after(anchor: str | None, seconds: str | int | None) -> int | None:
+    """Validates `expires_after[anchor]` / `expires_after[seconds]`; returns the seconds or None."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest(
+            "expires_after[anchor] must be 'created_at'.", param="expires_after.anchor", code="invalid_value"
+        )
+    try:
+        value = int(seconds) if seconds is not None else None
+    except ValueError:
+        value = None
+    if value is None or not MIN_EXPIRY_SECONDS <= value <= MAX_EXPIRY_SECONDS:
+        raise InvalidRequest(
+            f"expires_after[seconds] must be an integer from {MIN_EXPIRY_SECONDS} to {MAX_EXPIRY_SECONDS}.",
+            param="expires_after.seconds",
+            code="invalid_value",
+        )
+    return value
+
+
+def check_purpose(purpose: str | None) -> str:
+    if not purpose:
+        raise InvalidRequest(
+            "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
+        )
+    if purpose not in UPLOAD_PURPOSES:
+        raise InvalidRequest(
+            f"Invalid value for 'purpose': {purpose!r}. Expected one of {', '.join(UPLOAD_PURPOSES)}.",
+            param="purpose",
+            code="invalid_value",
+        )
+    return purpose
+
+
+class FileService:
+    def __init__(self, database: Database, blobs: BlobStore) -> None:
+        self.database = database
+        self.blobs = blobs
+
+    def open_writer(self) -> tuple[str, BlobWriter]:
+        """A new file id and a writer for its bytes; nothing is visible until `create` commits."""
+        file_id = ids.new_id("file-", 22)
+        return file_id, self.blobs.writer(file_blob_key(file_id))
+
+    def create(
+        self,
+        organization: str,
+        file_id: str,
+        writer: BlobWriter,
+        *,
+        filename: str,
+        purpose: str,
+        expires_after_seconds: int | None,
+    ) -> FileObject:
+        """Publishes the bytes in `writer`, then records the file. The writer is consumed either way."""
+        try:
+            writer.commit()
+        except BaseException:
+            writer.discard()
+            raise
+        return self.record(organization, file_id, filename, purpose, writer.size, expires_after_seconds)
+
+    def record(
+        self,
+        organization: str,
+        file_id: str,
+        filename: str,
+        purpose: str,
+        size: int,
+        expires_after_seconds: int | None,
+    ) -> FileObject:
+        created_at = ids.now()
+        record = FileRecord(
+            id=file_id,
+            organization=organization,
+            filename=filename,
+            purpose=purpose,
+            bytes=size,
+            created_at=created_at,
+            expires_at=created_at + expires_after_seconds if expires_after_seconds else None,
+            status="processed",
+            status_details=None,
+            blob_key=file_blob_key(file_id),
+        )
+        with self.database.transaction() as connection:
+            file_rows.insert_file(connection, record)
+        return to_wire(record)
+
+    def store_generated(self, organization: str, filename: str, purpose: str, data: bytes) -> FileObject:
+        """A file the service made itself, such as a job's result file."""
+        file_id = ids.new_id("file-", 22)
+        self.blobs.put(file_blob_key(file_id), data)
+        return self.record(organization, file_id, filename, purpose, len(data), None)
+
+    def get_record(self, organization: str, file_id: str) -> FileRecord:
+        with self.database.transaction() as connection:
+            record = file_rows.get_file(connection, organization, file_id)
+        if record is None or _expired(record):
+            raise NotFound(f"No such File object: {file_id}", param="id", code="not_found")
+        return record
+
+    def retrieve(self, organization: str, file_id: str) -> FileObject:
+        return to_wire(self.get_record(organization, file_id))
+
+    def open_content(self, organization: str, file_id: str) -> tuple[FileRecord, Iterator[bytes]]:
+        record = self.get_record(organization, file_id)
+        return record, self.blobs.read_chunks(record.blob_key)
+
+    def list(
+        self,
+        organization: str,
+        *,
+        purpose: str | None,
+        after: str | None,
+        limit: int,
+        order: Literal["asc", "desc"],
+    ) -> FileList:
+        with self.database.transaction() as connection:
+            try:
+                records, has_more = file_rows.list_files(
+                    connection, organization, purpose=purpose, after=after, limit=limit, order=order
+                )
+            except UnknownCursor:
+                raise InvalidRequest(
+                    f"No such File object: {after}", param="after", code="invalid_value"
+                ) from None
+        data = [to_wire(record) for record in records if not _expired(record)]
+        return FileList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=has_more,
+        )
+
+    def delete(self, organization: str, file_id: str) -> DeletedObject:
+        record = self.get_record(organization, file_id)
+        with self.database.transaction() as connection:
+            file_rows.delete_file(connection, organization, file_id)
+        self.blobs.delete(record.blob_key)
+        return DeletedObject(id=file_id, object="file", deleted=True)
+
+
+def _expired(record: FileRecord) -> bool:
+    return record.expires_at is not None and record.expires_at <= ids.now()

@@ -1,0 +1,65 @@
+"""Rows of uploaded and generated files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import Connection, RowMapping, delete, insert, select
+
+from openft.store.paging import Page, fetch_page
+from openft.store.schema import files
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: str
+    organization: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    expires_at: int | None
+    status: str
+    status_details: str | None
+    blob_key: str
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> FileRecord:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+def insert_file(connection: Connection, record: FileRecord) -> None:
+    connection.execute(insert(files).values(**record.__dict__))
+
+
+def get_file(connection: Connection, organization: str, file_id: str) -> FileRecord | None:
+    row = (
+        connection.execute(select(files).where(files.c.id == file_id, files.c.organization == organization))
+        .mappings()
+        .first()
+    )
+    return FileRecord.from_row(row) if row else None
+
+
+def list_files(
+    connection: Connection,
+    organization: str,
+    *,
+    purpose: str | None,
+    after: str | None,
+    limit: int,
+    order: Literal["asc", "desc"],
+) -> tuple[list[FileRecord], bool]:
+    conditions = [files.c.organization == organization]
+    if purpose is not None:
+        conditions.append(files.c.purpose == purpose)
+    page: Page = fetch_page(connection, files, conditions, after=after, limit=limit, order=order)
+    return [FileRecord.from_row(row) for row in page.rows], page.has_more
+
+
+def delete_file(connection: Connection, organization: str, file_id: str) -> bool:
+    result = connection.execute(
+        delete(files).where(files.c.id == file_id, files.c.organization == organization)
+    )
+    return result.rowcount > 0
