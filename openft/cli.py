@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     serve = commands.add_parser("serve", help="run the API (and one embedded worker)")
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    commands.add_parser("worker", help="run a standalone worker on the same database and data directory")
     arguments = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if arguments.command == "serve":
         sys.exit(serve_command(settings, arguments.host or settings.host, arguments.port or settings.port))
+    if arguments.command == "worker":
+        sys.exit(worker_command(settings))
 
 
 def is_loopback(host: str) -> bool:
@@ -59,8 +62,32 @@ def serve_command(settings: Settings, host: str, port: int) -> int:
         f"or export OPENAI_BASE_URL=http://{url_host}:{port}/v1",
         flush=True,
     )
+    worker = services.new_worker() if settings.embedded_worker else None
+    if worker is not None:
+        worker.start()
     try:
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
     finally:
+        if worker is not None:
+            worker.stop()
         services.close()
+    return 0
+
+
+def worker_command(settings: Settings) -> int:
+    import signal
+    import threading
+
+    from openft.service import build_services
+
+    services = build_services(settings)
+    worker = services.new_worker()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    worker.start()
+    print(f"openft worker {worker.id} is running on {settings.resolved_database_url}", flush=True)
+    stop.wait()
+    worker.stop()
+    services.close()
     return 0

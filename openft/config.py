@@ -34,6 +34,30 @@ class Settings(BaseSettings):
     upload_expiry_seconds: int = Field(3600, description="An Upload not completed by then expires.")
     log_level: str = "INFO"
 
+    embedded_worker: bool = Field(True, description="`openft serve` also runs one worker.")
+    worker_poll_seconds: float = Field(1.0, description="How often an idle worker looks for work.")
+    worker_heartbeat_seconds: float = Field(5.0, description="How often a worker proves it is alive.")
+    worker_timeout_seconds: float = Field(60.0, description="Silence after which a worker is presumed dead.")
+    max_job_attempts: int = Field(3, description="Training runs a job gets before failing for lost workers.")
+    stop_grace_seconds: float = Field(30.0, description="Wait for a cancelled run to stop before killing it.")
+    pause_wait_seconds: float = Field(30.0, description="How long POST /pause waits for the run to save.")
+
+    min_training_examples: int = Field(10, description="Fewer examples fail validation.")
+    base_learning_rate: float = Field(
+        1e-4, description="LoRA learning rate = this x learning_rate_multiplier."
+    )
+    full_base_learning_rate: float = Field(1e-5, description="The same for full fine-tuning.")
+    auto_learning_rate_multiplier: float = Field(
+        2.0, description="What learning_rate_multiplier 'auto' means."
+    )
+    lora_r: int = 8
+    lora_alpha: int = 16
+    max_seq_len: int = Field(2048, description="Training examples are truncated to this many tokens.")
+    eval_interval_steps: int = Field(10, description="Steps between mini-batch validation losses.")
+    checkpoints_kept: int = Field(3, description="Epoch checkpoints kept per job, newest first.")
+    training_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
+    result_file_base64: bool = Field(True, description="Serve step_metrics.csv base64-encoded, as OpenAI.")
+
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -73,3 +97,7 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def organization_slugs(self) -> list[str]:
+        return sorted(set(self.api_key_organizations.values())) or [DEFAULT_ORGANIZATION]

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from openft.blobs import BlobStore
 from openft.config import Settings
 from openft.service.files import FileService
+from openft.service.jobs import JobService
 from openft.service.models import BaseModelRegistry
 from openft.service.uploads import UploadService
+from openft.service.worker import Worker
 from openft.store import Database
 
 
@@ -20,6 +22,10 @@ class Services:
     files: FileService
     uploads: UploadService
     base_models: BaseModelRegistry
+    jobs: JobService
+
+    def new_worker(self) -> Worker:
+        return Worker(self.settings, self.database, self.blobs, self.files, self.base_models)
 
     def close(self) -> None:
         self.database.dispose()
@@ -32,11 +38,13 @@ def build_services(settings: Settings) -> Services:
     database.migrate()
     blobs = BlobStore(settings.blobs_dir)
     files = FileService(database, blobs)
+    base_models = BaseModelRegistry(settings)
     return Services(
         settings=settings,
         database=database,
         blobs=blobs,
         files=files,
         uploads=UploadService(database, blobs, files, settings),
-        base_models=BaseModelRegistry(settings),
+        base_models=base_models,
+        jobs=JobService(database, files, base_models, settings),
     )

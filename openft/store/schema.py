@@ -6,7 +6,19 @@ stable when many rows share the same `created_at` second.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 metadata = MetaData()
 
@@ -54,4 +66,65 @@ upload_parts = Table(
     Column("bytes", BigInteger, nullable=False),
     Column("blob_key", Text, nullable=False),
     Index("ix_upload_parts_upload_id", "upload_id"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("organization", String(128), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("training_file", String(64), nullable=False),
+    Column("validation_file", String(64), nullable=True),
+    Column("status", String(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=True),
+    Column("estimated_finish", BigInteger, nullable=True),
+    Column("suffix", String(64), nullable=True),
+    Column("seed", BigInteger, nullable=False),
+    Column("method_type", String(32), nullable=False),
+    Column("hyperparameters", Text, nullable=False),
+    Column("metadata", JSON(none_as_null=True), nullable=True),
+    Column("integrations", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("fine_tuned_model", Text, nullable=True),
+    Column("result_files", Text, nullable=False),
+    Column("trained_tokens", BigInteger, nullable=True),
+    Column("control", String(16), nullable=True),
+    Column("worker_id", String(64), nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("resume_from", Text, nullable=True),
+    Index("ix_jobs_organization_seq", "organization", "seq"),
+    Index("ix_jobs_status", "status"),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("data", Text, nullable=False),
+    Index("ix_job_events_job_id_seq", "job_id", "seq"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("organization", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("name", Text, nullable=False, unique=True),
+    Column("step_number", Integer, nullable=False),
+    Column("metrics", Text, nullable=False),
+    Column("blob_key", Text, nullable=False),
+    Index("ix_checkpoints_job_id_seq", "job_id", "seq"),
 )

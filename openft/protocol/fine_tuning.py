@@ -1,0 +1,169 @@
+"""Fine-tuning jobs, events and checkpoints, as `openai.types.fine_tuning` has them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Auto = Literal["auto"]
+JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"]
+SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_METADATA_PAIRS = 16
+MAX_SEED = 2_147_483_647
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    batch_size: Auto | int | None = "auto"
+    learning_rate_multiplier: Auto | float | None = "auto"
+    n_epochs: Auto | int | None = "auto"
+
+
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class WandbIntegration(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    project: str
+    entity: str | None = None
+    name: str | None = None
+    tags: list[str] | None = None
+
+
+class Integration(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["wandb"]
+    wandb: WandbIntegration
+
+
+class CreateJobRequest(BaseModel):
+    """The body of `POST /v1/fine_tuning/jobs`. Unknown fields are ignored, as new SDKs send them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    metadata: dict[str, str] | None = None
+    integrations: list[Integration] | None = Field(None, max_length=5)
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, suffix: str | None) -> str | None:
+        if suffix is not None and not SUFFIX_PATTERN.match(suffix):
+            raise ValueError("suffix must be 1 to 64 characters of letters, digits, '-' and '_'")
+        return suffix
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
+        if metadata is None:
+            return None
+        if len(metadata) > MAX_METADATA_PAIRS:
+            raise ValueError(f"metadata holds at most {MAX_METADATA_PAIRS} pairs")
+        for key, value in metadata.items():
+            if len(key) > 64:
+                raise ValueError(f"metadata key {key[:20]!r}… is longer than 64 characters")
+            if len(value) > 512:
+                raise ValueError(f"metadata value of {key!r} is longer than 512 characters")
+        return metadata
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: Hyperparameters
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: JobStatus
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    estimated_finish: int | None = None
+    integrations: list[Integration] | None = None
+    metadata: dict[str, str] | None = None
+    method: Method
+    user_provided_suffix: str | None = None
+
+
+class FineTuningJobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] | None
+
+
+class CheckpointMetrics(BaseModel):
+    step: float | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+
+class FineTuningJobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobEvent]
+    has_more: bool
+
+
+class CheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobCheckpoint]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

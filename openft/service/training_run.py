@@ -1,0 +1,181 @@
+"""One training run of one job: a spawned child process trains through the engine and records
+metrics events and checkpoints as it goes; the parent (a worker) supervises it and writes the
+outcome. The child never decides the job's final status: it only reports how the run ended."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
+from typing import Any, Literal
+
+from openft import ids
+from openft.blobs import BlobStore
+from openft.service.lifecycle import add_event
+from openft.service.naming import checkpoint_name
+from openft.store import Database
+from openft.store import checkpoints as checkpoint_rows
+from openft.store import jobs as job_rows
+from openft.store.checkpoints import CheckpointRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything the child needs, picklable: it opens its own database connection."""
+
+    database_url: str
+    blobs_root: str
+    job_id: str
+    organization: str
+    base_model: str
+    suffix: str | None
+    checkpoints_kept: int
+    output_key: str
+    train_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: str  # "completed" | "cancelled" | "paused" | "error"
+    trained_tokens: int = 0
+    resume_state: str | None = None
+    error: str | None = None
+
+
+def start(spec: RunSpec) -> tuple[multiprocessing.process.BaseProcess, Pipe]:
+    """Spawns (never forks: torch and threads don't survive a fork) the child running `spec`."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(
+        target=child_main, args=(spec, sender), name=f"train-{spec.job_id}", daemon=True
+    )
+    process.start()
+    sender.close()
+    return process, receiver
+
+
+def child_main(spec: RunSpec, report: Pipe) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        outcome = _train(spec)
+    except BaseException as error:
+        log.exception("training run of %s failed", spec.job_id)
+        summary = "".join(traceback.format_exception_only(type(error), error)).strip()
+        outcome = RunOutcome(status="error", error=summary)
+    report.send(asdict(outcome))
+    report.close()
+
+
+def _train(spec: RunSpec) -> RunOutcome:
+    from openft.engine import TrainConfig, train
+
+    config_values = dict(spec.train_config)
+    for key in ("base_model_dir", "train_file", "validation_file", "output_dir", "resume_from"):
+        if config_values.get(key) is not None:
+            config_values[key] = Path(config_values[key])
+    recorder = _Recorder(spec)
+    result = train(TrainConfig(**config_values), recorder.callbacks())
+    recorder.database.dispose()
+    return RunOutcome(
+        status=result.status,
+        trained_tokens=result.trained_tokens,
+        resume_state=str(result.resume_state) if result.resume_state else None,
+    )
+
+
+class _Recorder:
+    """The engine's callbacks, turned into events, checkpoint rows and stop requests."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.database = Database(spec.database_url)
+        self.blobs = BlobStore(Path(spec.blobs_root))
+        self.parent = os.getppid()
+        self.started = time.monotonic()
+        self.first_step: int | None = None
+
+    def callbacks(self) -> Any:
+        from openft.engine import TrainCallbacks
+
+        return TrainCallbacks(
+            on_step=self.on_step, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop
+        )
+
+    def on_step(self, metrics: Any) -> None:
+        if self.first_step is None:
+            self.first_step, self.started = metrics.step - 1, time.monotonic()
+        done = metrics.step - self.first_step
+        remaining = (time.monotonic() - self.started) / done * (metrics.total_steps - metrics.step)
+        data = {
+            "step": metrics.step,
+            "train_loss": metrics.train_loss,
+            "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
+            "total_steps": metrics.total_steps,
+        }
+        message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.2f}"
+        for key, label in (("valid", "validation"), ("full_valid", "full validation")):
+            loss = getattr(metrics, f"{key}_loss")
+            if loss is not None:
+                data[f"{key}_loss"] = loss
+                data[f"{key}_mean_token_accuracy"] = getattr(metrics, f"{key}_mean_token_accuracy")
+                message += f", {label} loss={loss:.2f}"
+        with self.database.transaction() as connection:
+            add_event(connection, self.spec.job_id, message, type="metrics", data=data)
+            job_rows.update_job(connection, self.spec.job_id, estimated_finish=ids.now() + round(remaining))
+
+    def on_checkpoint(self, checkpoint: Any) -> None:
+        metrics = checkpoint.metrics
+        values = {
+            "step": float(metrics.step),
+            "train_loss": metrics.train_loss,
+            "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
+            "valid_loss": metrics.valid_loss,
+            "valid_mean_token_accuracy": metrics.valid_mean_token_accuracy,
+            "full_valid_loss": metrics.full_valid_loss,
+            "full_valid_mean_token_accuracy": metrics.full_valid_mean_token_accuracy,
+        }
+        record = CheckpointRecord(
+            id=ids.new_id("ftckpt_"),
+            job_id=self.spec.job_id,
+            organization=self.spec.organization,
+            created_at=ids.now(),
+            name=checkpoint_name(
+                self.spec.base_model, self.spec.organization, self.spec.suffix, checkpoint.step
+            ),
+            step_number=checkpoint.step,
+            metrics={key: value for key, value in values.items() if value is not None},
+            blob_key=str(Path(checkpoint.path).resolve().relative_to(self.blobs.root.resolve())),
+        )
+        with self.database.transaction() as connection:
+            checkpoint_rows.insert_checkpoint(connection, record)
+            if checkpoint.step < checkpoint.metrics.total_steps:
+                add_event(
+                    connection,
+                    self.spec.job_id,
+                    f"Checkpoint created at step {checkpoint.step} with Snapshot ID: {record.name}",
+                )
+            expired = checkpoint_rows.all_checkpoints(connection, self.spec.job_id)[
+                : -self.spec.checkpoints_kept
+            ]
+            for old in expired:
+                checkpoint_rows.delete_checkpoint(connection, old.id)
+        for old in expired:
+            self.blobs.delete_tree(old.blob_key)
+
+    def should_stop(self) -> Literal["cancel", "pause"] | None:
+        if os.getppid() != self.parent:
+            return "cancel"  # the worker is gone; it will be requeued, stop burning the machine
+        with self.database.transaction() as connection:
+            job = job_rows.get_job(connection, self.spec.job_id)
+        if job is None or job.control == "cancel" or job.status == "cancelled":
+            return "cancel"
+        if job.control == "pause":
+            return "pause"
+        return None

@@ -1,0 +1,374 @@
+"""A worker: validates new jobs, trains queued ones (one at a time, each in a spawned child), keeps
+a heartbeat on the jobs it holds, and requeues jobs whose worker has died.
+
+The jobs table is the queue: a claim is one conditional UPDATE, so several workers (`openft serve`
+embeds one, `openft worker` runs more) on the same database each get different jobs.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import logging
+import threading
+import time
+from pathlib import Path
+
+from openft import ids
+from openft.blobs import BlobStore
+from openft.config import Settings
+from openft.errors import NotFound
+from openft.service import hyperparameters, training_data
+from openft.service.files import FileService
+from openft.service.lifecycle import add_event, fail, transition
+from openft.service.models import BaseModelRegistry
+from openft.service.naming import fine_tuned_model_name
+from openft.service.training_run import RunOutcome, RunSpec, start
+from openft.store import Database
+from openft.store import checkpoints as checkpoint_rows
+from openft.store import events as event_rows
+from openft.store import jobs as job_rows
+from openft.store.jobs import JobRecord
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        blobs: BlobStore,
+        files: FileService,
+        base_models: BaseModelRegistry,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.blobs = blobs
+        self.files = files
+        self.base_models = base_models
+        self.id = "worker-" + ids.random_token(12)
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for target in (self._validate_loop, self._train_loop, self._heartbeat_loop):
+            thread = threading.Thread(target=target, name=f"{self.id}-{target.__name__}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("%s started", self.id)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self._threads:
+            thread.join()
+        log.info("%s stopped", self.id)
+
+    def _loop(self, step: object) -> None:
+        while not self.stopping.is_set():
+            try:
+                worked = step()  # type: ignore[operator]
+            except Exception:
+                log.exception("%s: unexpected error; carrying on", self.id)
+                worked = False
+            if not worked:
+                self.stopping.wait(self.settings.worker_poll_seconds)
+
+    def _validate_loop(self) -> None:
+        self._loop(self.validate_next)
+
+    def _train_loop(self) -> None:
+        self._loop(self.train_next)
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.wait(self.settings.worker_heartbeat_seconds):
+            try:
+                with self.database.transaction() as connection:
+                    job_rows.beat(connection, self.id, time.time())
+                self.requeue_lost_jobs()
+            except Exception:
+                log.exception("%s: heartbeat failed", self.id)
+
+    def _claim(self, status: str) -> JobRecord | None:
+        with self.database.transaction() as connection:
+            return job_rows.claim_job(connection, self.id, status, time.time())
+
+    def _release(self, job_id: str) -> None:
+        with self.database.transaction() as connection:
+            job_rows.update_job(connection, job_id, held_by=self.id, worker_id=None, control=None)
+
+    # --- validation -------------------------------------------------------------------------
+
+    def validate_next(self) -> bool:
+        job = self._claim("validating_files")
+        if job is None:
+            return False
+        try:
+            resolved = self._validate(job)
+        except training_data.DataError as error:
+            with self.database.transaction() as connection:
+                fail(connection, job.id, error.code, error.message, error.param, worker_id=None)
+            self._release(job.id)
+            return True
+        except Exception as error:
+            log.exception("validating %s failed", job.id)
+            with self.database.transaction() as connection:
+                fail(connection, job.id, "validation_error", f"Validation failed unexpectedly: {error}", None)
+            self._release(job.id)
+            return True
+        with self.database.transaction() as connection:
+            queued = transition(
+                connection,
+                job.id,
+                "queued",
+                held_by=self.id,
+                worker_id=None,
+                hyperparameters={**job.hyperparameters, "resolved": resolved.as_dict()},
+            )
+            if queued:
+                add_event(connection, job.id, "Files validated, moving job to queued state")
+        if not queued:
+            self._release(job.id)
+        return True
+
+    def _validate(self, job: JobRecord) -> hyperparameters.Resolved:
+        summary = training_data.check_file(
+            self._file_path(job, job.training_file, "training_file"),
+            "training_file",
+            min_examples=self.settings.min_training_examples,
+        )
+        if job.validation_file:
+            training_data.check_file(
+                self._file_path(job, job.validation_file, "validation_file"),
+                "validation_file",
+                min_examples=1,
+            )
+        return hyperparameters.resolve(
+            job.hyperparameters["requested"], summary.n_examples, self.settings.auto_learning_rate_multiplier
+        )
+
+    def _file_path(self, job: JobRecord, file_id: str, param: str) -> Path:
+        try:
+            record = self.files.get_record(job.organization, file_id)
+        except NotFound:
+            code = "invalid_validation_file" if param == "validation_file" else "invalid_training_file"
+            raise training_data.DataError(code, f"File {file_id} no longer exists.", param) from None
+        return self.blobs.path(record.blob_key)
+
+    # --- training ---------------------------------------------------------------------------
+
+    def train_next(self) -> bool:
+        job = self._claim("queued")
+        if job is None:
+            return False
+        with self.database.transaction() as connection:
+            started = transition(connection, job.id, "running", held_by=self.id, attempts=job.attempts + 1)
+            if started:
+                add_event(connection, job.id, "Fine-tuning job started", empty_data=False)
+        if not started:
+            self._release(job.id)
+            return True
+        try:
+            if job.resume_from is None:
+                self._drop_checkpoints(job.id)  # a restart from scratch makes them anew
+            self._finish(job, self._supervise(job, self._run_spec(job)))
+        except Exception as error:
+            log.exception("training %s failed", job.id)
+            with self.database.transaction() as connection:
+                fail(connection, job.id, "training_failed", f"Training failed: {error}", None, worker_id=None)
+            self._release(job.id)
+        return True
+
+    def _drop_checkpoints(self, job_id: str) -> None:
+        with self.database.transaction() as connection:
+            stale = checkpoint_rows.all_checkpoints(connection, job_id)
+            for checkpoint in stale:
+                checkpoint_rows.delete_checkpoint(connection, checkpoint.id)
+        for checkpoint in stale:
+            self.blobs.delete_tree(checkpoint.blob_key)
+
+    def _run_spec(self, job: JobRecord) -> RunSpec:
+        resolved = job.hyperparameters["resolved"]
+        output_key = f"jobs/{job.id}"
+        train_config = {
+            "base_model_dir": str(self.base_models.local_directory(job.model)),
+            "train_file": str(self._file_path(job, job.training_file, "training_file")),
+            "validation_file": str(self._file_path(job, job.validation_file, "validation_file"))
+            if job.validation_file
+            else None,
+            "output_dir": str(self.blobs.path(output_key)),
+            "n_epochs": resolved["n_epochs"],
+            "batch_size": resolved["batch_size"],
+            "learning_rate": self.settings.base_learning_rate * resolved["learning_rate_multiplier"],
+            "seed": job.seed,
+            "lora_r": self.settings.lora_r,
+            "lora_alpha": self.settings.lora_alpha,
+            "max_seq_len": self.settings.max_seq_len,
+            "device": self.settings.training_device,
+            "eval_interval": self.settings.eval_interval_steps,
+            "resume_from": job.resume_from,
+        }
+        return RunSpec(
+            database_url=self.settings.resolved_database_url,
+            blobs_root=str(self.blobs.root),
+            job_id=job.id,
+            organization=job.organization,
+            base_model=job.model,
+            suffix=job.suffix,
+            checkpoints_kept=self.settings.checkpoints_kept,
+            output_key=output_key,
+            train_config=train_config,
+        )
+
+    def _supervise(self, job: JobRecord, spec: RunSpec) -> RunOutcome:
+        process, report = start(spec)
+        log.info("%s: training %s in process %s", self.id, job.id, process.pid)
+        stop_asked_at: float | None = None
+        while process.is_alive():
+            process.join(self.settings.worker_poll_seconds)
+            if self.stopping.is_set() and stop_asked_at is None:
+                stop_asked_at = time.monotonic()
+                process.terminate()
+            with self.database.transaction() as connection:
+                current = job_rows.get_job(connection, job.id)
+            if current is not None and current.status == "cancelled" and stop_asked_at is None:
+                stop_asked_at = time.monotonic()
+            if (
+                stop_asked_at is not None
+                and time.monotonic() - stop_asked_at > self.settings.stop_grace_seconds
+            ):
+                log.warning("%s: run of %s did not stop in time; killing it", self.id, job.id)
+                process.kill()
+        outcome = RunOutcome(**report.recv()) if report.poll() else None
+        report.close()
+        if outcome is None:
+            reason = (
+                "stopped with the worker"
+                if self.stopping.is_set()
+                else f"exited with code {process.exitcode}"
+            )
+            return RunOutcome(status="error", error=f"The training process {reason} without a result.")
+        return outcome
+
+    def _finish(self, job: JobRecord, outcome: RunOutcome) -> None:
+        log.info("%s: run of %s ended: %s", self.id, job.id, outcome.status)
+        if self.stopping.is_set() and outcome.status != "completed":
+            self._requeue(job.id, "The worker stopped; the job is queued again")
+        elif outcome.status == "completed":
+            self._succeed(job, outcome)
+        elif outcome.status == "paused":
+            with self.database.transaction() as connection:
+                if transition(
+                    connection,
+                    job.id,
+                    "paused",
+                    held_by=self.id,
+                    worker_id=None,
+                    control=None,
+                    resume_from=outcome.resume_state,
+                ):
+                    add_event(connection, job.id, "Fine-tuning job paused")
+            self._release(job.id)
+        elif outcome.status == "cancelled":
+            self._release(job.id)
+        else:
+            with self.database.transaction() as connection:
+                fail(
+                    connection,
+                    job.id,
+                    "training_failed",
+                    f"Training failed: {outcome.error}",
+                    None,
+                    worker_id=None,
+                )
+            self._release(job.id)
+
+    def _succeed(self, job: JobRecord, outcome: RunOutcome) -> None:
+        result_file = self.files.store_generated(
+            job.organization, "step_metrics.csv", "fine-tune-results", self._result_csv(job.id)
+        )
+        with self.database.transaction() as connection:
+            final = checkpoint_rows.all_checkpoints(connection, job.id)[-1]
+            name = fine_tuned_model_name(job.model, job.organization, job.suffix)
+            succeeded = transition(
+                connection,
+                job.id,
+                "succeeded",
+                held_by=self.id,
+                worker_id=None,
+                control=None,
+                fine_tuned_model=name,
+                trained_tokens=outcome.trained_tokens,
+                result_files=[result_file.id],
+            )
+            if succeeded:
+                checkpoint_rows.rename_checkpoint(connection, final.id, name)
+                add_event(connection, job.id, f"New fine-tuned model created: {name}")
+                add_event(connection, job.id, "The job has successfully completed")
+        if not succeeded:
+            self.files.delete(job.organization, result_file.id)
+            self._release(job.id)
+
+    def _result_csv(self, job_id: str) -> bytes:
+        with self.database.transaction() as connection:
+            events = event_rows.metrics_events(connection, job_id)
+        rows: dict[int, list[object]] = {}
+        for event in events:
+            data = event.data or {}
+            rows[data["step"]] = [
+                data["step"],
+                _rounded(data.get("train_loss")),
+                _rounded(data.get("train_mean_token_accuracy")),
+                _rounded(data.get("valid_loss")),
+                _rounded(data.get("valid_mean_token_accuracy")),
+            ]
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(RESULT_COLUMNS)
+        writer.writerows(rows[step] for step in sorted(rows))
+        content = text.getvalue().encode()
+        return base64.b64encode(content) if self.settings.result_file_base64 else content
+
+    # --- lost workers -----------------------------------------------------------------------
+
+    def requeue_lost_jobs(self) -> None:
+        cutoff = time.time() - self.settings.worker_timeout_seconds
+        with self.database.transaction() as connection:
+            lost = job_rows.stale_jobs(connection, cutoff)
+        for job in lost:
+            log.warning("%s: worker %s of %s went silent", self.id, job.worker_id, job.id)
+            if job.status != "running":
+                with self.database.transaction() as connection:
+                    job_rows.update_job(connection, job.id, held_by=job.worker_id, worker_id=None)
+            elif job.attempts >= self.settings.max_job_attempts:
+                with self.database.transaction() as connection:
+                    fail(
+                        connection,
+                        job.id,
+                        "worker_lost",
+                        f"The job's worker stopped answering {job.attempts} times; giving up.",
+                        None,
+                        worker_id=None,
+                    )
+            else:
+                self._requeue(
+                    job.id,
+                    "The job's worker stopped answering; the job is queued again",
+                    held_by=job.worker_id,
+                )
+
+    def _requeue(self, job_id: str, message: str, held_by: str | None = None) -> None:
+        with self.database.transaction() as connection:
+            if transition(
+                connection, job_id, "queued", held_by=held_by or self.id, worker_id=None, control=None
+            ):
+                add_event(connection, job_id, message, level="warn")
+            else:
+                job_rows.update_job(connection, job_id, held_by=held_by or self.id, worker_id=None)
+
+
+def _rounded(value: object) -> object:
+    return "" if value is None else round(float(value), 5)  # type: ignore[arg-type]

@@ -1,0 +1,64 @@
+"""Rows of checkpoints: each names a loadable model saved under the blob store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, delete, insert, select, update
+
+from openft.store.paging import fetch_page
+from openft.store.schema import checkpoints
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    id: str
+    job_id: str
+    organization: str
+    created_at: int
+    name: str
+    step_number: int
+    metrics: dict[str, Any]
+    blob_key: str
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> CheckpointRecord:
+        values = {name: row[name] for name in cls.__dataclass_fields__}
+        values["metrics"] = json.loads(values["metrics"])
+        return cls(**values)
+
+
+def insert_checkpoint(connection: Connection, record: CheckpointRecord) -> None:
+    connection.execute(
+        insert(checkpoints).values(**{**record.__dict__, "metrics": json.dumps(record.metrics)})
+    )
+
+
+def list_checkpoints(
+    connection: Connection, job_id: str, *, after: str | None, limit: int
+) -> tuple[list[CheckpointRecord], bool]:
+    page = fetch_page(connection, checkpoints, [checkpoints.c.job_id == job_id], after=after, limit=limit)
+    return [CheckpointRecord.from_row(row) for row in page.rows], page.has_more
+
+
+def all_checkpoints(connection: Connection, job_id: str) -> list[CheckpointRecord]:
+    """Oldest first."""
+    rows = connection.execute(
+        select(checkpoints).where(checkpoints.c.job_id == job_id).order_by(checkpoints.c.seq)
+    ).mappings()
+    return [CheckpointRecord.from_row(row) for row in rows]
+
+
+def get_checkpoint_by_name(connection: Connection, name: str) -> CheckpointRecord | None:
+    row = connection.execute(select(checkpoints).where(checkpoints.c.name == name)).mappings().first()
+    return CheckpointRecord.from_row(row) if row else None
+
+
+def rename_checkpoint(connection: Connection, checkpoint_id: str, name: str) -> None:
+    connection.execute(update(checkpoints).where(checkpoints.c.id == checkpoint_id).values(name=name))
+
+
+def delete_checkpoint(connection: Connection, checkpoint_id: str) -> None:
+    connection.execute(delete(checkpoints).where(checkpoints.c.id == checkpoint_id))

@@ -1,0 +1,51 @@
+"""Rows of job events, newest first on the wire."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, insert, select
+
+from openft.store.paging import fetch_page
+from openft.store.schema import job_events
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: str
+    job_id: str
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> EventRecord:
+        values = {name: row[name] for name in cls.__dataclass_fields__}
+        values["data"] = json.loads(values["data"])
+        return cls(**values)
+
+
+def insert_event(connection: Connection, record: EventRecord) -> None:
+    values = {**record.__dict__, "data": json.dumps(record.data)}
+    connection.execute(insert(job_events).values(**values))
+
+
+def list_events(
+    connection: Connection, job_id: str, *, after: str | None, limit: int
+) -> tuple[list[EventRecord], bool]:
+    page = fetch_page(connection, job_events, [job_events.c.job_id == job_id], after=after, limit=limit)
+    return [EventRecord.from_row(row) for row in page.rows], page.has_more
+
+
+def metrics_events(connection: Connection, job_id: str) -> list[EventRecord]:
+    """Every metrics event of a job, oldest first."""
+    rows = connection.execute(
+        select(job_events)
+        .where(job_events.c.job_id == job_id, job_events.c.type == "metrics")
+        .order_by(job_events.c.seq)
+    ).mappings()
+    return [EventRecord.from_row(row) for row in rows]

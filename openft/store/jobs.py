@@ -1,0 +1,141 @@
+"""Rows of fine-tuning jobs. The jobs table is also the work queue: every change of status is one
+conditional UPDATE, so two actors racing on a job can't both win."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, insert, or_, select, update
+
+from openft.store.paging import fetch_page
+from openft.store.schema import jobs
+
+_JSON_TEXT_COLUMNS = ("hyperparameters", "integrations", "error", "result_files")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    organization: str
+    model: str
+    training_file: str
+    validation_file: str | None
+    status: str
+    created_at: int
+    finished_at: int | None
+    estimated_finish: int | None
+    suffix: str | None
+    seed: int
+    method_type: str
+    hyperparameters: dict[str, Any]
+    metadata: dict[str, str] | None
+    integrations: list[dict[str, Any]] | None
+    error: dict[str, Any] | None
+    fine_tuned_model: str | None
+    result_files: list[str]
+    trained_tokens: int | None
+    control: str | None
+    worker_id: str | None
+    heartbeat_at: float | None
+    attempts: int
+    resume_from: str | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> JobRecord:
+        values = {name: row[name] for name in cls.__dataclass_fields__}
+        for name in _JSON_TEXT_COLUMNS:
+            values[name] = json.loads(values[name]) if values[name] is not None else None
+        return cls(**values)
+
+
+def _encode(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: json.dumps(value) if name in _JSON_TEXT_COLUMNS and value is not None else value
+        for name, value in values.items()
+    }
+
+
+def insert_job(connection: Connection, record: JobRecord) -> None:
+    connection.execute(insert(jobs).values(**_encode(asdict(record))))
+
+
+def get_job(connection: Connection, job_id: str, organization: str | None = None) -> JobRecord | None:
+    """`organization=None` is for workers, which act for every organization."""
+    query = select(jobs).where(jobs.c.id == job_id)
+    if organization is not None:
+        query = query.where(jobs.c.organization == organization)
+    row = connection.execute(query).mappings().first()
+    return JobRecord.from_row(row) if row else None
+
+
+def list_jobs(
+    connection: Connection,
+    organization: str,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None,
+    metadata_is_null: bool = False,
+) -> tuple[list[JobRecord], bool]:
+    conditions: list[Any] = [jobs.c.organization == organization]
+    if metadata_is_null:
+        conditions.append(jobs.c.metadata.is_(None))
+    for key, value in (metadata or {}).items():
+        conditions.append(jobs.c.metadata[key].as_string() == value)
+    page = fetch_page(connection, jobs, conditions, after=after, limit=limit, order="desc")
+    return [JobRecord.from_row(row) for row in page.rows], page.has_more
+
+
+def update_job(
+    connection: Connection,
+    job_id: str,
+    *,
+    from_statuses: Iterable[str] | None = None,
+    held_by: str | None = None,
+    **values: Any,
+) -> bool:
+    """Applies `values` if the job is still in one of `from_statuses` (and, when given, still held
+    by the worker `held_by`); returns whether it was."""
+    query = update(jobs).where(jobs.c.id == job_id)
+    if from_statuses is not None:
+        query = query.where(jobs.c.status.in_(list(from_statuses)))
+    if held_by is not None:
+        query = query.where(jobs.c.worker_id == held_by)
+    return connection.execute(query.values(**_encode(values))).rowcount == 1
+
+
+def claim_job(connection: Connection, worker_id: str, status: str, heartbeat_at: float) -> JobRecord | None:
+    """Takes the oldest unclaimed job in `status` for `worker_id`, or None when there is none."""
+    candidate = (
+        select(jobs.c.id)
+        .where(jobs.c.status == status, jobs.c.worker_id.is_(None))
+        .order_by(jobs.c.seq)
+        .limit(1)
+        .scalar_subquery()
+    )
+    claimed = connection.execute(
+        update(jobs)
+        .where(jobs.c.id == candidate, jobs.c.worker_id.is_(None))
+        .values(worker_id=worker_id, heartbeat_at=heartbeat_at)
+        .returning(jobs.c.id)
+    ).scalar()
+    return get_job(connection, claimed) if claimed else None
+
+
+def stale_jobs(connection: Connection, heartbeat_before: float) -> list[JobRecord]:
+    """Jobs held by a worker that has stopped beating."""
+    rows = connection.execute(
+        select(jobs).where(
+            jobs.c.worker_id.is_not(None),
+            or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at < heartbeat_before),
+        )
+    ).mappings()
+    return [JobRecord.from_row(row) for row in rows]
+
+
+def beat(connection: Connection, worker_id: str, heartbeat_at: float) -> None:
+    """Proves that `worker_id` is alive for every job it holds."""
+    connection.execute(update(jobs).where(jobs.c.worker_id == worker_id).values(heartbeat_at=heartbeat_at))
