@@ -12,7 +12,7 @@ DEFAULT_ORGANIZATION = "personal"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OPENFT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="OPENFT_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Field(Path(".openft"), description="Database, blobs and models live here.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         description="Comma-separated `name=path` pairs of local Hugging Face model directories.",
     )
     embedded_model_id: str = Field("smollm2-135m-instruct", description="Id of the embedded base model.")
+    models_dir_override: Path | None = Field(
+        None,
+        alias="OPENFT_MODELS_DIR",
+        description="Where converted base models are kept; default: `models/` in the data dir.",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -96,7 +101,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.models_dir_override or self.data_dir / "models"
 
     @property
     def organization_slugs(self) -> list[str]:

@@ -3,22 +3,27 @@ SQLite file under a temporary data directory, driven by the official `openai` SD
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import openai
 import pytest
 
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_CACHE = REPO_ROOT / ".cache" / "test-models"
 STARTUP_DEADLINE_S = 60.0
+EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 
 def free_port() -> int:
@@ -63,6 +68,7 @@ def start_server(data_dir: Path, **env_overrides: str) -> LiveServer:
     env = {
         **os.environ,
         "OPENFT_DATA_DIR": str(data_dir),
+        "OPENFT_MODELS_DIR": str(MODEL_CACHE),
         "OPENFT_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         **env_overrides,
@@ -101,3 +107,72 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def client(server: LiveServer) -> openai.OpenAI:
     return server.client()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct converted to safetensors where test servers find it
+    (OPENFT_MODELS_DIR); about 50 s the first time, then cached across runs."""
+    from openft.engine import convert_gguf, embedded_gguf_path
+
+    return convert_gguf(embedded_gguf_path(), MODEL_CACHE / EMBEDDED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with SmolLM2's tokenizer, for lifecycle tests that need real but fast training."""
+    from openft.engine import build_tiny_model
+
+    return build_tiny_model(smollm2_dir, tmp_path_factory.mktemp("models") / "tiny")
+
+
+def wait_until(predicate: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2) -> T:
+    """Polls `predicate` until it returns something truthy, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def chat_examples(count: int, *, offset: int = 0) -> bytes:
+    """`count` short, distinct chat examples as JSONL."""
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "You answer arithmetic questions tersely."},
+                    {"role": "user", "content": f"What is {i} plus {i}?"},
+                    {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+                ]
+            }
+        )
+        for i in range(offset, offset + count)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+TRAINING_ENV = {
+    "OPENFT_WORKER_POLL_SECONDS": "0.2",
+    "OPENFT_WORKER_HEARTBEAT_SECONDS": "1",
+    "OPENFT_PAUSE_WAIT_SECONDS": "60",
+}
+
+
+@pytest.fixture(scope="module")
+def training_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server with the tiny model registered as `tiny` and a quick-polling embedded worker."""
+    live = start_server(tmp_path_factory.mktemp("training"), OPENFT_BASE_MODELS=f"tiny={tiny_dir}", **TRAINING_ENV)
+    yield live
+    live.stop()
+
+
+def wait_for_job(client: openai.OpenAI, job_id: str, statuses: tuple[str, ...], timeout: float = 180) -> Any:
+    return wait_until(
+        lambda: (job := client.fine_tuning.jobs.retrieve(job_id)).status in statuses and job,
+        timeout=timeout,
+        what=f"job {job_id} to reach {statuses}",
+    )

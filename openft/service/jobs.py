@@ -150,9 +150,11 @@ class JobService:
         job = self.get_record(organization, job_id)
         with self.database.transaction() as connection:
             # A running job is told through `control`; its worker stops the run at the next step.
-            if transition(connection, job_id, "cancelled", control="cancel"):
+            cancelled = transition(connection, job_id, "cancelled", control="cancel")
+            if cancelled:
                 add_event(connection, job_id, "Fine-tuning job cancelled")
-                return self.retrieve(organization, job_id)
+        if cancelled:
+            return self.retrieve(organization, job_id)
         raise InvalidRequest(
             f"Job {job_id} has status '{job.status}' and can't be cancelled.",
             param="fine_tuning_job_id",

@@ -242,7 +242,10 @@ class Worker:
             ):
                 log.warning("%s: run of %s did not stop in time; killing it", self.id, job.id)
                 process.kill()
-        outcome = RunOutcome(**report.recv()) if report.poll() else None
+        try:
+            outcome = RunOutcome(**report.recv()) if report.poll() else None
+        except EOFError:  # the child died before it could report
+            outcome = None
         report.close()
         if outcome is None:
             reason = (

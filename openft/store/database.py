@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _create_engine(url)
+        self._local = threading.local()
 
     def migrate(self) -> None:
         """Applies every Alembic migration not yet applied."""
@@ -31,8 +33,16 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as connection:
-            yield connection
+        # A second transaction opened inside a first one on the same thread would wait for the
+        # first's write lock until the busy timeout: a self-deadlock. Refuse it outright.
+        if getattr(self._local, "active", False):
+            raise RuntimeError("nested database transaction")
+        self._local.active = True
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        finally:
+            self._local.active = False
 
     def dispose(self) -> None:
         self.engine.dispose()
