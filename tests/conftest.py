@@ -165,7 +165,9 @@ TRAINING_ENV = {
 @pytest.fixture(scope="module")
 def training_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A server with the tiny model registered as `tiny` and a quick-polling embedded worker."""
-    live = start_server(tmp_path_factory.mktemp("training"), OPENFT_BASE_MODELS=f"tiny={tiny_dir}", **TRAINING_ENV)
+    live = start_server(
+        tmp_path_factory.mktemp("training"), OPENFT_BASE_MODELS=f"tiny={tiny_dir}", **TRAINING_ENV
+    )
     yield live
     live.stop()
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 from typing import Any
 
@@ -46,8 +47,7 @@ async def _service_error(_request: Request, error: ServiceError) -> JSONResponse
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
     first: dict[str, Any] = error.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
-    param = ".".join(location) or None
+    param = _param_of(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return error_response(
             400,
@@ -67,6 +67,18 @@ async def _validation_error(_request: Request, error: RequestValidationError) ->
         param=param,
         code="invalid_value",
     )
+
+
+_LOCATIONS = {"body", "query", "path", "header"}
+# Pydantic names the union member it tried (`literal['auto']`, `int`, `function-after[…]`): not a field.
+_UNION_TAG = re.compile(r"^(int|float|str|bool|none|list\[.*|dict\[.*|literal\[.*|function-\w+\[.*)$")
+
+
+def _param_of(location: tuple[Any, ...]) -> str | None:
+    parts = [
+        str(part) for part in location if str(part) not in _LOCATIONS and not _UNION_TAG.match(str(part))
+    ]
+    return ".".join(parts) or None
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

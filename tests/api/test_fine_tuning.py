@@ -26,7 +26,9 @@ def training_file(client: openai.OpenAI) -> str:
     return client.files.create(file=("train.jsonl", chat_examples(12)), purpose="fine-tune").id
 
 
-def test_seed_workflow_to_succeeded(client: openai.OpenAI, training_server: LiveServer, training_file: str) -> None:
+def test_seed_workflow_to_succeeded(
+    client: openai.OpenAI, training_server: LiveServer, training_file: str
+) -> None:
     validation = client.files.create(file=("valid.jsonl", chat_examples(3, offset=50)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         training_file=training_file,
@@ -66,7 +68,10 @@ def test_seed_workflow_to_succeeded(client: openai.OpenAI, training_server: Live
         "Files validated, moving job to queued state",
         "Fine-tuning job started",
     ]
-    assert messages[-2:] == [f"New fine-tuned model created: {job.fine_tuned_model}", "The job has successfully completed"]
+    assert messages[-2:] == [
+        f"New fine-tuned model created: {job.fine_tuned_model}",
+        "The job has successfully completed",
+    ]
     metrics = [event for event in reversed(events) if event.type == "metrics"]
     assert [event.data["step"] for event in metrics] == list(range(1, total_steps + 1))  # type: ignore[index]
     assert metrics[0].message.startswith(f"Step 1/{total_steps}: training loss=")
@@ -82,7 +87,9 @@ def test_seed_workflow_to_succeeded(client: openai.OpenAI, training_server: Live
     assert checkpoints[0].fine_tuned_model_checkpoint == job.fine_tuned_model
     for checkpoint in checkpoints[1:]:
         name = checkpoint.fine_tuned_model_checkpoint
-        assert name.startswith("ft:tiny:personal:my-custom-model:") and name.endswith(f":ckpt-step-{checkpoint.step_number}")
+        assert name.startswith("ft:tiny:personal:my-custom-model:") and name.endswith(
+            f":ckpt-step-{checkpoint.step_number}"
+        )
         assert f"Checkpoint created at step {checkpoint.step_number} with Snapshot ID: {name}" in messages
     assert all(c.id.startswith("ftckpt_") and c.fine_tuning_job_id == job.id for c in checkpoints)
     assert checkpoints[0].metrics.full_valid_loss is not None
@@ -117,7 +124,10 @@ def test_seed_workflow_to_succeeded(client: openai.OpenAI, training_server: Live
 def test_same_seed_and_data_give_the_same_losses(client: openai.OpenAI, training_file: str) -> None:
     jobs = [
         client.fine_tuning.jobs.create(
-            training_file=training_file, model="tiny", seed=1234, hyperparameters={"n_epochs": 1, "batch_size": 4}
+            training_file=training_file,
+            model="tiny",
+            seed=1234,
+            hyperparameters={"n_epochs": 1, "batch_size": 4},
         )
         for _ in range(2)
     ]
@@ -151,14 +161,19 @@ def test_cancel_while_running_stops_training(
     steps = _metrics_steps(client, job.id)
     assert len(steps) < 600
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
-    assert client.fine_tuning.jobs.list_events(job.id, limit=1).data[0].message == "Fine-tuning job cancelled" or any(
-        e.message == "Fine-tuning job cancelled" for e in client.fine_tuning.jobs.list_events(job.id, limit=10_000).data
+    assert client.fine_tuning.jobs.list_events(job.id, limit=1).data[
+        0
+    ].message == "Fine-tuning job cancelled" or any(
+        e.message == "Fine-tuning job cancelled"
+        for e in client.fine_tuning.jobs.list_events(job.id, limit=10_000).data
     )
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.cancel(job.id)
 
 
-def test_pause_then_resume_finishes_without_repeating_steps(client: openai.OpenAI, training_file: str) -> None:
+def test_pause_then_resume_finishes_without_repeating_steps(
+    client: openai.OpenAI, training_file: str
+) -> None:
     job = client.fine_tuning.jobs.create(
         training_file=training_file, model="tiny", hyperparameters={"n_epochs": 15, "batch_size": 1}
     )
@@ -178,7 +193,9 @@ def test_pause_then_resume_finishes_without_repeating_steps(client: openai.OpenA
 
 
 def test_pause_and_resume_are_refused_in_the_wrong_state(client: openai.OpenAI, training_file: str) -> None:
-    job = client.fine_tuning.jobs.create(training_file=training_file, model="tiny", hyperparameters={"n_epochs": 1})
+    job = client.fine_tuning.jobs.create(
+        training_file=training_file, model="tiny", hyperparameters={"n_epochs": 1}
+    )
     with pytest.raises(openai.BadRequestError) as raised:
         client.fine_tuning.jobs.resume(job.id)
     assert raised.value.code == "invalid_state"
