@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
