@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("worker", help="run a standalone worker on the same database and data directory")
     arguments = parser.parse_args(argv)
     settings = Settings()
+    try:  # fail at start, not on the first request
+        _ = settings.api_key_organizations, settings.registered_base_models
+    except ValueError as error:
+        print(f"openft: {error}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -30,14 +30,14 @@ class Settings(BaseSettings):
         alias="OPENFT_MODELS_DIR",
         description="Where converted base models are kept; default: `models/` in the data dir.",
     )
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Address `openft serve` listens on (`--host` overrides).")
+    port: int = Field(8000, description="Port `openft serve` listens on (`--port` overrides).")
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest file accepted by POST /files.")
     max_upload_part_bytes: int = Field(64 * 1024 * 1024, description="Largest part of an Upload.")
     max_upload_total_bytes: int = Field(8 * 1024**3, description="Largest file assembled by an Upload.")
     upload_expiry_seconds: int = Field(3600, description="An Upload not completed by then expires.")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="Log level of the server, workers and training runs.")
 
     embedded_worker: bool = Field(True, description="`openft serve` also runs one worker.")
     worker_poll_seconds: float = Field(1.0, description="How often an idle worker looks for work.")
@@ -51,12 +51,11 @@ class Settings(BaseSettings):
     base_learning_rate: float = Field(
         1e-4, description="LoRA learning rate = this x learning_rate_multiplier."
     )
-    full_base_learning_rate: float = Field(1e-5, description="The same for full fine-tuning.")
     auto_learning_rate_multiplier: float = Field(
         2.0, description="What learning_rate_multiplier 'auto' means."
     )
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = Field(8, description="Rank of the LoRA adapters.")
+    lora_alpha: int = Field(16, description="LoRA scaling numerator (the scale is alpha / r).")
     max_seq_len: int = Field(2048, description="Training examples are truncated to this many tokens.")
     eval_interval_steps: int = Field(10, description="Steps between mini-batch validation losses.")
     checkpoints_kept: int = Field(3, description="Epoch checkpoints kept per job, newest first.")

@@ -1,0 +1,36 @@
+"""Settings: parsing of the structured variables, and a documented default for every one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openft.config import Settings
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def test_every_setting_is_documented() -> None:
+    documented = DOCS.read_text()
+    for name, field in Settings.model_fields.items():
+        variable = field.alias or f"OPENFT_{name.upper()}"
+        assert f"`{variable}`" in documented, f"{variable} is missing from docs/configuration.md"
+        assert field.description, f"{name} has no description"
+
+
+def test_keys_and_models_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENFT_API_KEYS", " sk-a:acme , sk:with:colons:globex ")
+    monkeypatch.setenv("OPENFT_BASE_MODELS", "org/model=/models/a,tiny:v1.5=/models/b")
+    settings = Settings()
+    assert settings.api_key_organizations == {"sk-a": "acme", "sk:with:colons": "globex"}
+    assert settings.registered_base_models == {"org/model": Path("/models/a"), "tiny:v1.5": Path("/models/b")}
+    assert not settings.single_user
+
+
+@pytest.mark.parametrize(("variable", "value"), [("OPENFT_API_KEYS", "no-organization"), ("OPENFT_BASE_MODELS", "x")])
+def test_malformed_pairs_are_refused(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    settings = Settings()
+    with pytest.raises(ValueError, match=variable):
+        _ = settings.api_key_organizations if variable == "OPENFT_API_KEYS" else settings.registered_base_models
