@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,74 +33,59 @@ class DataError(Exception):
 class DataSummary:
     n_examples: int = 0
     format: Format | None = None
-    examples_without_system: int = 0
-    examples_without_assistant: int = 0
-    lines: list[int] = field(default_factory=list)
 
 
-def read_examples(path: Path, param: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields (line number, example) for each non-blank line; raises DataError on framing problems."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            try:
-                line = decoder.decode(raw)
-            except UnicodeDecodeError as error:
-                raise _invalid(
-                    param, number, f"is not valid UTF-8 ({error.reason} at byte {error.start})"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                example = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise _invalid(
-                    param, number, f"is not valid JSON ({error.msg} at column {error.colno})"
-                ) from None
-            if isinstance(example, list) and number == 1:
-                raise _invalid(
-                    param, number, "is a JSON array; the file must be JSONL: one JSON object per line"
-                )
-            if not isinstance(example, dict):
-                raise _invalid(param, number, f"is a JSON {type(example).__name__}, not an object")
-            yield number, example
+@dataclass(frozen=True)
+class Line:
+    """One non-blank line of a file: its example, or the problem that keeps it from being one."""
+
+    number: int
+    example: dict[str, Any] | None
+    format: Format | None
+    error: DataError | None
 
 
-def check_file(path: Path, param: str, *, min_examples: int, expected: Format = "chat") -> DataSummary:
-    """Checks every example of a training or validation file; raises DataError at the first problem."""
-    summary = DataSummary()
-    for number, example in read_examples(path, param):
+def scan(path: Path, param: str, expected: Format = "chat") -> Iterator[Line]:
+    """Checks every line, a line at a time (memory stays bounded), carrying on past problems."""
+    first_format: Format | None = None
+    for number, example, framing_error in _parse_lines(path, param):
+        if framing_error is not None or example is None:
+            yield Line(number, None, None, framing_error)
+            continue
         found = detect_format(example)
-        if found is None:
-            raise _invalid(
+        error = _format_error(found, first_format, number, param)
+        if error is None and found is not None:
+            first_format = first_format or found
+            error = _example_error(example, found, number, param)
+        if error is None and found == "preference" and expected != "preference":
+            error = DataError(
+                _code(param),
+                f"{_prefix(param)} Invalid file format. Example at line {number} is in the preference (DPO) "
+                "format (input, preferred_output, non_preferred_output), but the job uses the 'supervised' "
+                "method; use chat messages, or method type 'dpo'.",
                 param,
-                number,
-                "has neither 'messages' (chat format) nor 'prompt' and 'completion' (legacy format)",
             )
-        if summary.format is None:
-            summary.format = found
-        elif found != summary.format:
-            raise _invalid(
-                param,
-                number,
-                f"is in the {FORMAT_NAMES[found]} format, but earlier examples are in the "
-                f"{FORMAT_NAMES[summary.format]} format; a file must use one format",
-            )
-        check_example(example, found, number, param)
+        yield Line(number, example if error is None else None, found, error)
+
+
+def check_file(
+    path: Path,
+    param: str,
+    *,
+    min_examples: int,
+    expected: Format = "chat",
+    on_example: Callable[[int, dict[str, Any]], None] | None = None,
+) -> DataSummary:
+    """Checks a training or validation file; raises DataError at the first problem."""
+    summary = DataSummary()
+    for line in scan(path, param, expected):
+        if line.error is not None:
+            raise line.error
+        assert line.example is not None
         summary.n_examples += 1
-        if found == "chat":
-            roles = [message.get("role") for message in example["messages"]]
-            summary.examples_without_system += "system" not in roles and "developer" not in roles
-    if summary.format == "preference" and expected != "preference":
-        raise DataError(
-            _code(param),
-            f"{_prefix(param)} Invalid file format. The file is in the preference (DPO) format "
-            "(input, preferred_output, non_preferred_output), but the job uses the 'supervised' method; "
-            "use chat messages, or method type 'dpo'.",
-            param,
-        )
+        summary.format = line.format
+        if on_example is not None:
+            on_example(line.number, line.example)
     if param == "training_file" and summary.n_examples < min_examples:
         raise DataError(
             "invalid_n_examples",
@@ -113,6 +98,66 @@ def check_file(path: Path, param: str, *, min_examples: int, expected: Format = 
             _code(param), f"{_prefix(param)} Invalid file format. The file has no examples.", param
         )
     return summary
+
+
+def _parse_lines(path: Path, param: str) -> Iterator[tuple[int, dict[str, Any] | None, DataError | None]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield (
+                    number,
+                    None,
+                    _invalid(param, number, f"is not valid UTF-8 ({error.reason} at byte {error.start})"),
+                )
+                continue
+            if not line.strip():
+                continue
+            try:
+                example = json.loads(line)
+            except json.JSONDecodeError as error:
+                problem = f"is not valid JSON ({error.msg} at column {error.colno})"
+                yield number, None, _invalid(param, number, problem)
+                continue
+            if isinstance(example, list) and number == 1:
+                problem = "is a JSON array; the file must be JSONL: one JSON object per line"
+                yield number, None, _invalid(param, number, problem)
+            elif not isinstance(example, dict):
+                yield (
+                    number,
+                    None,
+                    _invalid(param, number, f"is a JSON {type(example).__name__}, not an object"),
+                )
+            else:
+                yield number, example, None
+
+
+def _format_error(found: Format | None, first: Format | None, number: int, param: str) -> DataError | None:
+    if found is None:
+        return _invalid(
+            param,
+            number,
+            "has neither 'messages' (chat format) nor 'prompt' and 'completion' (legacy format)",
+        )
+    if first is not None and found != first:
+        return _invalid(
+            param,
+            number,
+            f"is in the {FORMAT_NAMES[found]} format, but earlier examples are in the "
+            f"{FORMAT_NAMES[first]} format; a file must use one format",
+        )
+    return None
+
+
+def _example_error(example: dict[str, Any], found: Format, number: int, param: str) -> DataError | None:
+    try:
+        check_example(example, found, number, param)
+    except DataError as error:
+        return error
+    return None
 
 
 def detect_format(example: dict[str, Any]) -> Format | None:

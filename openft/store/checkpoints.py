@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, delete, insert, select, update
 
 from openft.store.paging import fetch_page
-from openft.store.schema import checkpoints
+from openft.store.schema import checkpoints, jobs
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,32 @@ def rename_checkpoint(connection: Connection, checkpoint_id: str, name: str) -> 
 
 def delete_checkpoint(connection: Connection, checkpoint_id: str) -> None:
     connection.execute(delete(checkpoints).where(checkpoints.c.id == checkpoint_id))
+
+
+def find_model(connection: Connection, name: str) -> tuple[CheckpointRecord, str] | None:
+    """The checkpoint named `name` and the base model its job trained, if it exists."""
+    row = (
+        connection.execute(
+            select(checkpoints, jobs.c.model.label("base_model"))
+            .join(jobs, jobs.c.id == checkpoints.c.job_id)
+            .where(checkpoints.c.name == name)
+        )
+        .mappings()
+        .first()
+    )
+    return (CheckpointRecord.from_row(row), row["base_model"]) if row else None
+
+
+def fine_tuned_models(connection: Connection, organization: str) -> list[CheckpointRecord]:
+    """The final checkpoints of an organization's succeeded jobs: its fine-tuned models, oldest first."""
+    rows = connection.execute(
+        select(checkpoints)
+        .join(jobs, jobs.c.id == checkpoints.c.job_id)
+        .where(
+            checkpoints.c.organization == organization,
+            jobs.c.status == "succeeded",
+            checkpoints.c.name == jobs.c.fine_tuned_model,
+        )
+        .order_by(checkpoints.c.seq)
+    ).mappings()
+    return [CheckpointRecord.from_row(row) for row in rows]
