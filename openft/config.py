@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     pause_wait_seconds: float = Field(30.0, description="How long POST /pause waits for the run to save.")
 
     min_training_examples: int = Field(10, description="Fewer examples fail validation.")
+    validation_progress_seconds: float = Field(10.0, description="Interval of progress events while validating.")
     base_learning_rate: float = Field(
         1e-4, description="LoRA learning rate = this x learning_rate_multiplier."
     )

@@ -166,7 +166,10 @@ TRAINING_ENV = {
 def training_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A server with the tiny model registered as `tiny` and a quick-polling embedded worker."""
     live = start_server(
-        tmp_path_factory.mktemp("training"), OPENFT_BASE_MODELS=f"tiny={tiny_dir}", **TRAINING_ENV
+        tmp_path_factory.mktemp("training"),
+        OPENFT_BASE_MODELS=f"tiny={tiny_dir}",
+        OPENFT_MAX_SEQ_LEN="64",
+        **TRAINING_ENV,
     )
     yield live
     live.stop()

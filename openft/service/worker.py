@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from openft import ids
 from openft.blobs import BlobStore
@@ -30,6 +31,9 @@ from openft.store import checkpoints as checkpoint_rows
 from openft.store import events as event_rows
 from openft.store import jobs as job_rows
 from openft.store.jobs import JobRecord
+
+if TYPE_CHECKING:
+    from openft.engine.counting import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class Worker:
         self.id = "worker-" + ids.random_token(12)
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._counters: dict[str, TokenCounter] = {}
 
     def start(self) -> None:
         for target in (self._validate_loop, self._train_loop, self._heartbeat_loop):
@@ -135,20 +140,29 @@ class Worker:
         return True
 
     def _validate(self, job: JobRecord) -> hyperparameters.Resolved:
+        progress = _ValidationProgress(self.database, job.id, self._token_counter(job.model), self.settings)
         summary = training_data.check_file(
             self._file_path(job, job.training_file, "training_file"),
             "training_file",
             min_examples=self.settings.min_training_examples,
+            on_example=progress.on_example,
         )
         if job.validation_file:
             training_data.check_file(
-                self._file_path(job, job.validation_file, "validation_file"),
-                "validation_file",
-                min_examples=1,
+                self._file_path(job, job.validation_file, "validation_file"), "validation_file", min_examples=1
             )
-        return hyperparameters.resolve(
+        resolved = hyperparameters.resolve(
             job.hyperparameters["requested"], summary.n_examples, self.settings.auto_learning_rate_multiplier
         )
+        progress.report_totals(resolved.n_epochs)
+        return resolved
+
+    def _token_counter(self, model: str) -> TokenCounter:
+        from openft.engine.counting import TokenCounter  # loads torch: only when a job needs it
+
+        if model not in self._counters:
+            self._counters[model] = TokenCounter(self.base_models.local_directory(model))
+        return self._counters[model]
 
     def _file_path(self, job: JobRecord, file_id: str, param: str) -> Path:
         try:
@@ -236,10 +250,7 @@ class Worker:
                 current = job_rows.get_job(connection, job.id)
             if current is not None and current.status == "cancelled" and stop_asked_at is None:
                 stop_asked_at = time.monotonic()
-            if (
-                stop_asked_at is not None
-                and time.monotonic() - stop_asked_at > self.settings.stop_grace_seconds
-            ):
+            if stop_asked_at is not None and time.monotonic() - stop_asked_at > self.settings.stop_grace_seconds:
                 log.warning("%s: run of %s did not stop in time; killing it", self.id, job.id)
                 process.kill()
         try:
@@ -248,11 +259,7 @@ class Worker:
             outcome = None
         report.close()
         if outcome is None:
-            reason = (
-                "stopped with the worker"
-                if self.stopping.is_set()
-                else f"exited with code {process.exitcode}"
-            )
+            reason = "stopped with the worker" if self.stopping.is_set() else f"exited with code {process.exitcode}"
             return RunOutcome(status="error", error=f"The training process {reason} without a result.")
         return outcome
 
@@ -365,12 +372,55 @@ class Worker:
 
     def _requeue(self, job_id: str, message: str, held_by: str | None = None) -> None:
         with self.database.transaction() as connection:
-            if transition(
-                connection, job_id, "queued", held_by=held_by or self.id, worker_id=None, control=None
-            ):
+            if transition(connection, job_id, "queued", held_by=held_by or self.id, worker_id=None, control=None):
                 add_event(connection, job_id, message, level="warn")
             else:
                 job_rows.update_job(connection, job_id, held_by=held_by or self.id, worker_id=None)
+
+
+class _ValidationProgress:
+    """Counts tokens as examples are checked; reports long validations and the totals in events."""
+
+    def __init__(self, database: Database, job_id: str, counter: TokenCounter, settings: Settings) -> None:
+        self.database = database
+        self.job_id = job_id
+        self.counter = counter
+        self.max_seq_len = settings.max_seq_len
+        self.interval = settings.validation_progress_seconds
+        self.examples = self.tokens = self.truncated = 0
+        self.last_report = time.monotonic()
+
+    def on_example(self, _line: int, example: dict[str, Any]) -> None:
+        length = self.counter.count(example)
+        self.examples += 1
+        self.tokens += min(length, self.max_seq_len)
+        self.truncated += length > self.max_seq_len
+        if time.monotonic() - self.last_report > self.interval:
+            self.last_report = time.monotonic()
+            self._event(f"Validating training file: {self.examples} examples checked so far")
+
+    def report_totals(self, n_epochs: int) -> None:
+        if self.truncated:
+            self._event(
+                f"{self.truncated} example(s) are longer than {self.max_seq_len} tokens and will be truncated "
+                "to that length",
+                level="warn",
+            )
+        self._event(
+            f"Training file has {self.examples} examples and {self.tokens} tokens; {n_epochs} epochs will train "
+            f"on {self.tokens * n_epochs} tokens",
+            data={
+                "n_examples": self.examples,
+                "n_tokens": self.tokens,
+                "n_epochs": n_epochs,
+                "trained_tokens": self.tokens * n_epochs,
+                "n_truncated": self.truncated,
+            },
+        )
+
+    def _event(self, message: str, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        with self.database.transaction() as connection:
+            add_event(connection, self.job_id, message, level=level, data=data)
 
 
 def _rounded(value: object) -> object:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 
 import openai
 import pytest
@@ -62,12 +63,14 @@ def test_seed_workflow_to_succeeded(
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=4))
     assert len({event.id for event in events}) == len(events)
     messages = [event.message for event in reversed(events)]
-    assert messages[:4] == [
+    assert messages[:5] == [
         f"Created fine-tuning job: {job.id}",
         f"Validating training file: {training_file} and validation file: {validation.id}",
+        messages[2],
         "Files validated, moving job to queued state",
         "Fine-tuning job started",
     ]
+    assert messages[2].startswith("Training file has 12 examples and ")
     assert messages[-2:] == [
         f"New fine-tuned model created: {job.fine_tuned_model}",
         "The job has successfully completed",
@@ -202,3 +205,21 @@ def test_pause_and_resume_are_refused_in_the_wrong_state(client: openai.OpenAI, 
     client.fine_tuning.jobs.cancel(job.id)
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.pause(job.id)
+
+
+def test_validation_reports_totals_and_truncation(client: openai.OpenAI) -> None:
+    long_example = {
+        "messages": [{"role": "user", "content": "Tell me a long story."}, {"role": "assistant", "content": "la " * 100}]
+    }
+    content = chat_examples(10) + (json.dumps(long_example) + "\n").encode()
+    file_id = client.files.create(file=("long.jsonl", content), purpose="fine-tune").id
+    job = client.fine_tuning.jobs.create(training_file=file_id, model="tiny", hyperparameters={"n_epochs": 2})
+    wait_for_job(client, job.id, ("queued", "running", "succeeded", "failed"))
+    client.fine_tuning.jobs.cancel(job.id)
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    warning = next((e for e in events if e.level == "warn"), None)
+    assert warning is not None, "\n".join(f"{e.level} {e.message}" for e in events)
+    assert warning.message == "1 example(s) are longer than 64 tokens and will be truncated to that length"
+    totals = next(e for e in events if e.message.startswith("Training file has 11 examples"))
+    assert totals.data is not None and totals.data["n_examples"] == 11 and totals.data["n_truncated"] == 1
+    assert totals.data["trained_tokens"] == 2 * totals.data["n_tokens"]
