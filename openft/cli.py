@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import sys
+from pathlib import Path
 
 from openft.config import Settings
 
@@ -17,6 +19,18 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
     commands.add_parser("worker", help="run a standalone worker on the same database and data directory")
+    data = commands.add_parser("data", help="training data tools").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="check a training file before uploading it")
+    check.add_argument("file", type=Path)
+    check.add_argument("--model", default=None, help="base model to count tokens with (default: the embedded one)")
+    check.add_argument("--epochs", type=int, default=None, help="epochs to bill (default: what 'auto' would pick)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--no-timing", action="store_true", help="skip measuring training speed on this machine")
+    jobs = commands.add_parser("jobs", help="fine-tuning job tools").add_subparsers(dest="jobs_command", required=True)
+    follow = jobs.add_parser("follow", help="print a job's events as they arrive until it ends")
+    follow.add_argument("job_id")
+    follow.add_argument("--base-url", default=None, help="default: $OPENAI_BASE_URL or http://127.0.0.1:8000/v1")
+    follow.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY or 'local'")
     arguments = parser.parse_args(argv)
     settings = Settings()
     try:  # fail at start, not on the first request
@@ -24,13 +38,20 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         print(f"openft: {error}", file=sys.stderr)
         sys.exit(2)
+    quiet_tool = arguments.command in ("data", "jobs")
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level="WARNING" if quiet_tool else settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if arguments.command == "serve":
         sys.exit(serve_command(settings, arguments.host or settings.host, arguments.port or settings.port))
     if arguments.command == "worker":
         sys.exit(worker_command(settings))
+    if arguments.command == "data":
+        sys.exit(data_check_command(settings, arguments))
+    if arguments.command == "jobs":
+        sys.exit(follow_command(arguments))
 
 
 def is_loopback(host: str) -> bool:
@@ -96,3 +117,49 @@ def worker_command(settings: Settings) -> int:
     worker.stop()
     services.close()
     return 0
+
+
+def data_check_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    from openft.errors import NotFound
+    from openft.service.data_report import check_training_file, format_report
+    from openft.service.models import BaseModelRegistry
+
+    if not arguments.file.is_file():
+        print(f"openft: no such file: {arguments.file}", file=sys.stderr)
+        return 2
+    model = arguments.model or settings.embedded_model_id
+    try:
+        report = check_training_file(
+            arguments.file,
+            model=model,
+            epochs=arguments.epochs,
+            measure=not arguments.no_timing,
+            settings=settings,
+            base_models=BaseModelRegistry(settings),
+        )
+    except NotFound as error:
+        print(f"openft: {error.message}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=2) if arguments.json else format_report(report))
+    return 1 if report.n_errors else 0
+
+
+def follow_command(arguments: argparse.Namespace) -> int:
+    import os
+
+    import openai
+
+    from openft.follow import follow
+
+    client = openai.OpenAI(
+        base_url=arguments.base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1",
+        api_key=arguments.api_key or os.environ.get("OPENAI_API_KEY") or "local",
+    )
+    try:
+        return follow(client, arguments.job_id)
+    except openai.APIStatusError as error:
+        print(f"openft: {error.message}", file=sys.stderr)
+        return 2
+    except openai.APIConnectionError as error:
+        print(f"openft: cannot reach the server: {error}", file=sys.stderr)
+        return 2
