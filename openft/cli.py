@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("worker", help="run a standalone worker on the same database and data directory")
     data = commands.add_parser("data", help="training data tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="check a training file before uploading it")
-    check.add_argument("file", type=Path)
+    check.add_argument("files", type=Path, nargs="+", metavar="FILE")
     check.add_argument("--model", default=None, help="base model to count tokens with (default: the embedded one)")
     check.add_argument("--epochs", type=int, default=None, help="epochs to bill (default: what 'auto' would pick)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -120,28 +120,38 @@ def worker_command(settings: Settings) -> int:
 
 
 def data_check_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    """Exit status 0 when every file is usable, 1 when one has errors, 2 when one can't be read."""
     from openft.errors import NotFound
     from openft.service.data_report import check_training_file, format_report
     from openft.service.models import BaseModelRegistry
 
-    if not arguments.file.is_file():
-        print(f"openft: no such file: {arguments.file}", file=sys.stderr)
+    missing = [str(path) for path in arguments.files if not path.is_file()]
+    if missing:
+        print(f"openft: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    base_models = BaseModelRegistry(settings)
     model = arguments.model or settings.embedded_model_id
     try:
-        report = check_training_file(
-            arguments.file,
-            model=model,
-            epochs=arguments.epochs,
-            measure=not arguments.no_timing,
-            settings=settings,
-            base_models=BaseModelRegistry(settings),
-        )
+        reports = [
+            check_training_file(
+                path,
+                model=model,
+                epochs=arguments.epochs,
+                measure=not arguments.no_timing,
+                settings=settings,
+                base_models=base_models,
+            )
+            for path in arguments.files
+        ]
     except NotFound as error:
         print(f"openft: {error.message}", file=sys.stderr)
         return 2
-    print(json.dumps(report.as_dict(), indent=2) if arguments.json else format_report(report))
-    return 1 if report.n_errors else 0
+    if arguments.json:
+        documents = [report.as_dict() for report in reports]
+        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+    else:
+        print("\n\n".join(format_report(report) for report in reports))
+    return 1 if any(report.n_errors for report in reports) else 0
 
 
 def follow_command(arguments: argparse.Namespace) -> int:

@@ -49,12 +49,8 @@ class Settings(BaseSettings):
 
     min_training_examples: int = Field(10, description="Fewer examples fail validation.")
     validation_progress_seconds: float = Field(10.0, description="Interval of progress events while validating.")
-    base_learning_rate: float = Field(
-        1e-4, description="LoRA learning rate = this x learning_rate_multiplier."
-    )
-    auto_learning_rate_multiplier: float = Field(
-        2.0, description="What learning_rate_multiplier 'auto' means."
-    )
+    base_learning_rate: float = Field(1e-4, description="LoRA learning rate = this x learning_rate_multiplier.")
+    auto_learning_rate_multiplier: float = Field(2.0, description="What learning_rate_multiplier 'auto' means.")
     lora_r: int = Field(8, description="Rank of the LoRA adapters.")
     lora_alpha: int = Field(16, description="LoRA scaling numerator (the scale is alpha / r).")
     max_seq_len: int = Field(2048, description="Training examples are truncated to this many tokens.")

@@ -44,9 +44,7 @@ class LiveServer:
         return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=60)
 
     def http(self, api_key: str = "sk-test") -> httpx.Client:
-        return httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60
-        )
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

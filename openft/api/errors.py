@@ -75,9 +75,7 @@ _UNION_TAG = re.compile(r"^(int|float|str|bool|none|list\[.*|dict\[.*|literal\[.
 
 
 def _param_of(location: tuple[Any, ...]) -> str | None:
-    parts = [
-        str(part) for part in location if str(part) not in _LOCATIONS and not _UNION_TAG.match(str(part))
-    ]
+    parts = [str(part) for part in location if str(part) not in _LOCATIONS and not _UNION_TAG.match(str(part))]
     return ".".join(parts) or None
 
 
@@ -117,9 +115,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception(
-                "unhandled error in %s %s (request %s)", scope.get("method"), scope.get("path"), request_id
-            )
+            log.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
             if started:
                 raise
             response = error_response(500, INTERNAL_ERROR_MESSAGE, type="server_error", code="server_error")

@@ -31,9 +31,7 @@ async def create_file(request: Request, services: ServicesDep, caller: CallerDep
     try:
         received = form.files.get("file")
         if received is None:
-            raise InvalidRequest(
-                "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
-            )
+            raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
         purpose = check_purpose(form.fields.get("purpose"))
         expires = parse_expires_after(
             form.fields.get("expires_after[anchor]"), form.fields.get("expires_after[seconds]")

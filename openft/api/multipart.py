@@ -81,9 +81,7 @@ async def read_multipart(
         parser.finalize()
         reader.raise_pending()
         if not reader.finished:
-            raise InvalidRequest(
-                "The multipart body ended before its closing boundary.", code="invalid_multipart"
-            )
+            raise InvalidRequest("The multipart body ended before its closing boundary.", code="invalid_multipart")
     except MultipartParseError as error:
         reader.form.discard_files()
         reader.discard_current()
@@ -182,9 +180,7 @@ class _FormReader:
             return
         name = self.part.name
         if name in self.form.files or name in self.form.fields:
-            self.pending = InvalidRequest(
-                f"Form field '{name}' was sent twice.", param=name, code="invalid_value"
-            )
+            self.pending = InvalidRequest(f"Form field '{name}' was sent twice.", param=name, code="invalid_value")
             self.discard_current()
         elif self.part.sink is not None and self.part.filename is not None:
             self.form.files[name] = ReceivedFile(name, self.part.filename, self.part.sink)

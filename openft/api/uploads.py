@@ -19,9 +19,7 @@ def create_upload(body: CreateUploadRequest, services: ServicesDep, caller: Call
 
 
 @router.post("/{upload_id}/parts")
-async def add_upload_part(
-    upload_id: str, request: Request, services: ServicesDep, caller: CallerDep
-) -> UploadPart:
+async def add_upload_part(upload_id: str, request: Request, services: ServicesDep, caller: CallerDep) -> UploadPart:
     part_id, writer = services.uploads.open_part_writer(caller.organization, upload_id)
     form = await read_multipart(
         request,
@@ -31,16 +29,12 @@ async def add_upload_part(
     )
     if "data" not in form.files:
         writer.discard()
-        raise InvalidRequest(
-            "Missing required parameter: 'data'.", param="data", code="missing_required_parameter"
-        )
+        raise InvalidRequest("Missing required parameter: 'data'.", param="data", code="missing_required_parameter")
     return await run_in_threadpool(services.uploads.add_part, caller.organization, upload_id, part_id, writer)
 
 
 @router.post("/{upload_id}/complete")
-def complete_upload(
-    upload_id: str, body: CompleteUploadRequest, services: ServicesDep, caller: CallerDep
-) -> Upload:
+def complete_upload(upload_id: str, body: CompleteUploadRequest, services: ServicesDep, caller: CallerDep) -> Upload:
     return services.uploads.complete(caller.organization, upload_id, body)
 
 

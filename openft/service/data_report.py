@@ -16,6 +16,7 @@ from openft.service import hyperparameters, training_data
 from openft.service.models import BaseModelRegistry
 
 MAX_ERRORS_LISTED = 100
+_COUNTERS: dict[Path, Any] = {}  # one tokenizer per model for a run over many files
 
 
 @dataclass
@@ -183,7 +184,7 @@ def check_training_file(
     from openft.engine.counting import TokenCounter  # loads torch: only for this command
 
     model_dir = base_models.local_directory(model)
-    counter = TokenCounter(model_dir)
+    counter = _COUNTERS.get(model_dir) or _COUNTERS.setdefault(model_dir, TokenCounter(model_dir))
     report = build_report(
         path,
         model=model,

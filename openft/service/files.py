@@ -164,9 +164,7 @@ class FileService:
                     connection, organization, purpose=purpose, after=after, limit=limit, order=order
                 )
             except UnknownCursor:
-                raise InvalidRequest(
-                    f"No such File object: {after}", param="after", code="invalid_value"
-                ) from None
+                raise InvalidRequest(f"No such File object: {after}", param="after", code="invalid_value") from None
         data = [to_wire(record) for record in records if not _expired(record)]
         return FileList(
             data=data,

@@ -42,9 +42,7 @@ def check(requested: Hyperparameters, param_prefix: str) -> None:
     if isinstance(batch_size, int) and not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise _out_of_range(f"{param_prefix}.batch_size", f"an integer from 1 to {MAX_BATCH_SIZE}")
     multiplier = requested.learning_rate_multiplier
-    if multiplier not in ("auto", None) and not (
-        isinstance(multiplier, float | int) and 0 < multiplier <= 100
-    ):
+    if multiplier not in ("auto", None) and not (isinstance(multiplier, float | int) and 0 < multiplier <= 100):
         raise _out_of_range(f"{param_prefix}.learning_rate_multiplier", "a number above 0 (at most 100)")
 
 
@@ -61,9 +59,7 @@ def resolve(requested: dict[str, object], n_examples: int, auto_multiplier: floa
     return Resolved(
         n_epochs=int(n_epochs) if isinstance(n_epochs, int) else auto_epochs(n_examples),
         batch_size=int(batch_size) if isinstance(batch_size, int) else auto_batch_size(n_examples),
-        learning_rate_multiplier=float(multiplier)
-        if isinstance(multiplier, int | float)
-        else auto_multiplier,
+        learning_rate_multiplier=float(multiplier) if isinstance(multiplier, int | float) else auto_multiplier,
     )
 
 

@@ -141,9 +141,7 @@ class JobService:
                     metadata_is_null=metadata_is_null,
                 )
             except UnknownCursor:
-                raise InvalidRequest(
-                    f"No such fine-tuning job: {after}", param="after", code="invalid_value"
-                ) from None
+                raise InvalidRequest(f"No such fine-tuning job: {after}", param="after", code="invalid_value") from None
         return JobList(data=[to_wire(record) for record in records], has_more=has_more)
 
     def cancel(self, organization: str, job_id: str) -> FineTuningJob:
@@ -214,19 +212,13 @@ class JobService:
                 raise InvalidRequest(f"No such event: {after}", param="after", code="invalid_value") from None
         return EventList(data=[event_to_wire(record) for record in records], has_more=has_more)
 
-    def list_checkpoints(
-        self, organization: str, job_id: str, *, after: str | None, limit: int
-    ) -> CheckpointList:
+    def list_checkpoints(self, organization: str, job_id: str, *, after: str | None, limit: int) -> CheckpointList:
         self.get_record(organization, job_id)
         with self.database.transaction() as connection:
             try:
-                records, has_more = checkpoint_rows.list_checkpoints(
-                    connection, job_id, after=after, limit=limit
-                )
+                records, has_more = checkpoint_rows.list_checkpoints(connection, job_id, after=after, limit=limit)
             except UnknownCursor:
-                raise InvalidRequest(
-                    f"No such checkpoint: {after}", param="after", code="invalid_value"
-                ) from None
+                raise InvalidRequest(f"No such checkpoint: {after}", param="after", code="invalid_value") from None
         data = [checkpoint_to_wire(record) for record in records]
         return CheckpointList(
             data=data,

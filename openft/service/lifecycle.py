@@ -78,9 +78,7 @@ def transition(
     )
 
 
-def fail(
-    connection: Connection, job_id: str, code: str, message: str, param: str | None, **values: Any
-) -> bool:
+def fail(connection: Connection, job_id: str, code: str, message: str, param: str | None, **values: Any) -> bool:
     """Ends the job `failed` with `error` set and an error-level event saying the same."""
     failed = transition(
         connection, job_id, "failed", error={"code": code, "message": message, "param": param}, **values

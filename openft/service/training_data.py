@@ -89,14 +89,11 @@ def check_file(
     if param == "training_file" and summary.n_examples < min_examples:
         raise DataError(
             "invalid_n_examples",
-            f"Training file has {summary.n_examples} example(s), "
-            f"but must have at least {min_examples} examples",
+            f"Training file has {summary.n_examples} example(s), but must have at least {min_examples} examples",
             param,
         )
     if summary.n_examples == 0:
-        raise DataError(
-            _code(param), f"{_prefix(param)} Invalid file format. The file has no examples.", param
-        )
+        raise DataError(_code(param), f"{_prefix(param)} Invalid file format. The file has no examples.", param)
     return summary
 
 
@@ -190,9 +187,7 @@ def check_example(example: dict[str, Any], found: Format, number: int, param: st
         check_message(message, number, index, param)
     learnable = [m for m in messages if m["role"] == "assistant" and m.get("weight", 1) == 1]
     if not learnable:
-        raise _invalid(
-            param, number, "has no assistant message to learn from (every example needs one with weight 1)"
-        )
+        raise _invalid(param, number, "has no assistant message to learn from (every example needs one with weight 1)")
 
 
 def check_message(message: Any, number: int, index: int, param: str) -> None:
@@ -203,9 +198,7 @@ def check_message(message: Any, number: int, index: int, param: str) -> None:
     if role is None:
         raise _invalid(param, number, f"{where} is missing 'role'")
     if role not in ROLES:
-        raise _invalid(
-            param, number, f"{where} has an unknown role {role!r} (expected one of {', '.join(ROLES)})"
-        )
+        raise _invalid(param, number, f"{where} has an unknown role {role!r} (expected one of {', '.join(ROLES)})")
     if "weight" in message:
         if role != "assistant":
             raise _invalid(param, number, f"{where} has 'weight', which only assistant messages may carry")
@@ -222,14 +215,10 @@ def check_message(message: Any, number: int, index: int, param: str) -> None:
     if isinstance(content, str):
         return
     if not isinstance(content, list) or not content:
-        raise _invalid(
-            param, number, f"{where} has content that is neither a string nor a list of text parts"
-        )
+        raise _invalid(param, number, f"{where} has content that is neither a string nor a list of text parts")
     for part in content:
         if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise _invalid(
-                param, number, f'{where} has a content part that is not {{"type": "text", "text": …}}'
-            )
+            raise _invalid(param, number, f'{where} has a content part that is not {{"type": "text", "text": …}}')
 
 
 def check_tool_calls(tool_calls: Any, number: int, where: str, role: str, param: str) -> None:
@@ -244,9 +233,7 @@ def check_tool_calls(tool_calls: Any, number: int, where: str, role: str, param:
         try:
             json.loads(function.get("arguments", ""))
         except (TypeError, json.JSONDecodeError):
-            raise _invalid(
-                param, number, f"{where} has a tool call whose arguments are not valid JSON"
-            ) from None
+            raise _invalid(param, number, f"{where} has a tool call whose arguments are not valid JSON") from None
 
 
 def _code(param: str) -> str:
@@ -259,6 +246,4 @@ def _prefix(param: str) -> str:
 
 
 def _invalid(param: str, number: int, problem: str) -> DataError:
-    return DataError(
-        _code(param), f"{_prefix(param)} Invalid file format. Example at line {number} {problem}.", param
-    )
+    return DataError(_code(param), f"{_prefix(param)} Invalid file format. Example at line {number} {problem}.", param)

@@ -53,9 +53,7 @@ def start(spec: RunSpec) -> tuple[multiprocessing.process.BaseProcess, Pipe]:
     """Spawns (never forks: torch and threads don't survive a fork) the child running `spec`."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(
-        target=child_main, args=(spec, sender), name=f"train-{spec.job_id}", daemon=True
-    )
+    process = context.Process(target=child_main, args=(spec, sender), name=f"train-{spec.job_id}", daemon=True)
     process.start()
     sender.close()
     return process, receiver
@@ -104,9 +102,7 @@ class _Recorder:
     def callbacks(self) -> Any:
         from openft.engine import TrainCallbacks
 
-        return TrainCallbacks(
-            on_step=self.on_step, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop
-        )
+        return TrainCallbacks(on_step=self.on_step, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop)
 
     def on_step(self, metrics: Any) -> None:
         if self.first_step is None:
@@ -146,9 +142,7 @@ class _Recorder:
             job_id=self.spec.job_id,
             organization=self.spec.organization,
             created_at=ids.now(),
-            name=checkpoint_name(
-                self.spec.base_model, self.spec.organization, self.spec.suffix, checkpoint.step
-            ),
+            name=checkpoint_name(self.spec.base_model, self.spec.organization, self.spec.suffix, checkpoint.step),
             step_number=checkpoint.step,
             metrics={key: value for key, value in values.items() if value is not None},
             blob_key=str(Path(checkpoint.path).resolve().relative_to(self.blobs.root.resolve())),
@@ -161,9 +155,7 @@ class _Recorder:
                     self.spec.job_id,
                     f"Checkpoint created at step {checkpoint.step} with Snapshot ID: {record.name}",
                 )
-            expired = checkpoint_rows.all_checkpoints(connection, self.spec.job_id)[
-                : -self.spec.checkpoints_kept
-            ]
+            expired = checkpoint_rows.all_checkpoints(connection, self.spec.job_id)[: -self.spec.checkpoints_kept]
             for old in expired:
                 checkpoint_rows.delete_checkpoint(connection, old.id)
         for old in expired:

@@ -112,27 +112,19 @@ class UploadService:
     def cancel(self, organization: str, upload_id: str) -> Upload:
         self._pending(organization, upload_id)
         with self.database.transaction() as connection:
-            if not upload_rows.finish_upload(
-                connection, upload_id, from_status="pending", to_status="cancelled"
-            ):
+            if not upload_rows.finish_upload(connection, upload_id, from_status="pending", to_status="cancelled"):
                 raise InvalidRequest(
                     f"Upload {upload_id} is no longer pending.", param="upload_id", code="invalid_state"
                 )
         self.blobs.delete_tree(f"uploads/{upload_id}")
         return self._to_wire(self._get(organization, upload_id))
 
-    def _ordered_parts(
-        self, parts: dict[str, UploadPartRecord], part_ids: list[str]
-    ) -> list[UploadPartRecord]:
+    def _ordered_parts(self, parts: dict[str, UploadPartRecord], part_ids: list[str]) -> list[UploadPartRecord]:
         if len(set(part_ids)) != len(part_ids):
-            raise InvalidRequest(
-                "part_ids lists a part more than once.", param="part_ids", code="invalid_value"
-            )
+            raise InvalidRequest("part_ids lists a part more than once.", param="part_ids", code="invalid_value")
         missing = [part_id for part_id in part_ids if part_id not in parts]
         if missing:
-            raise InvalidRequest(
-                f"No such Part for this Upload: {missing[0]}", param="part_ids", code="invalid_value"
-            )
+            raise InvalidRequest(f"No such Part for this Upload: {missing[0]}", param="part_ids", code="invalid_value")
         return [parts[part_id] for part_id in part_ids]
 
     def _md5(self, key: str) -> str:

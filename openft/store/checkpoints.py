@@ -31,9 +31,7 @@ class CheckpointRecord:
 
 
 def insert_checkpoint(connection: Connection, record: CheckpointRecord) -> None:
-    connection.execute(
-        insert(checkpoints).values(**{**record.__dict__, "metrics": json.dumps(record.metrics)})
-    )
+    connection.execute(insert(checkpoints).values(**{**record.__dict__, "metrics": json.dumps(record.metrics)}))
 
 
 def list_checkpoints(

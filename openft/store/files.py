@@ -59,7 +59,5 @@ def list_files(
 
 
 def delete_file(connection: Connection, organization: str, file_id: str) -> bool:
-    result = connection.execute(
-        delete(files).where(files.c.id == file_id, files.c.organization == organization)
-    )
+    result = connection.execute(delete(files).where(files.c.id == file_id, files.c.organization == organization))
     return result.rowcount > 0

@@ -47,9 +47,7 @@ def insert_upload(connection: Connection, record: UploadRecord) -> None:
 
 def get_upload(connection: Connection, organization: str, upload_id: str) -> UploadRecord | None:
     row = (
-        connection.execute(
-            select(uploads).where(uploads.c.id == upload_id, uploads.c.organization == organization)
-        )
+        connection.execute(select(uploads).where(uploads.c.id == upload_id, uploads.c.organization == organization))
         .mappings()
         .first()
     )

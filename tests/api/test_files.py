@@ -14,9 +14,7 @@ from tests.conftest import LiveServer
 JSONL = b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}\n'
 
 
-def test_upload_retrieve_and_read_back_byte_for_byte(
-    client: openai.OpenAI, tmp_path: os.PathLike[str]
-) -> None:
+def test_upload_retrieve_and_read_back_byte_for_byte(client: openai.OpenAI, tmp_path: os.PathLike[str]) -> None:
     payload = JSONL * 3 + bytes(range(256))  # includes bytes that are not valid UTF-8
     path = os.path.join(tmp_path, "train.jsonl")
     with open(path, "wb") as handle:
@@ -76,9 +74,7 @@ def test_expires_after_sets_expires_at(client: openai.OpenAI) -> None:
         ({"expires_after": {"anchor": "created_at", "seconds": 10}}, "expires_after.seconds"),
     ],
 )
-def test_bad_form_values_are_400_with_param(
-    client: openai.OpenAI, extra: dict[str, object], param: str
-) -> None:
+def test_bad_form_values_are_400_with_param(client: openai.OpenAI, extra: dict[str, object], param: str) -> None:
     arguments: dict[str, object] = {"file": ("x.jsonl", JSONL), "purpose": "fine-tune", **extra}
     with pytest.raises(openai.BadRequestError) as raised:
         client.files.create(**arguments)  # type: ignore[arg-type]

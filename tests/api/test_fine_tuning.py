@@ -27,9 +27,7 @@ def training_file(client: openai.OpenAI) -> str:
     return client.files.create(file=("train.jsonl", chat_examples(12)), purpose="fine-tune").id
 
 
-def test_seed_workflow_to_succeeded(
-    client: openai.OpenAI, training_server: LiveServer, training_file: str
-) -> None:
+def test_seed_workflow_to_succeeded(client: openai.OpenAI, training_server: LiveServer, training_file: str) -> None:
     validation = client.files.create(file=("valid.jsonl", chat_examples(3, offset=50)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         training_file=training_file,
@@ -164,19 +162,14 @@ def test_cancel_while_running_stops_training(
     steps = _metrics_steps(client, job.id)
     assert len(steps) < 600
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
-    assert client.fine_tuning.jobs.list_events(job.id, limit=1).data[
-        0
-    ].message == "Fine-tuning job cancelled" or any(
-        e.message == "Fine-tuning job cancelled"
-        for e in client.fine_tuning.jobs.list_events(job.id, limit=10_000).data
+    assert client.fine_tuning.jobs.list_events(job.id, limit=1).data[0].message == "Fine-tuning job cancelled" or any(
+        e.message == "Fine-tuning job cancelled" for e in client.fine_tuning.jobs.list_events(job.id, limit=10_000).data
     )
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.cancel(job.id)
 
 
-def test_pause_then_resume_finishes_without_repeating_steps(
-    client: openai.OpenAI, training_file: str
-) -> None:
+def test_pause_then_resume_finishes_without_repeating_steps(client: openai.OpenAI, training_file: str) -> None:
     job = client.fine_tuning.jobs.create(
         training_file=training_file, model="tiny", hyperparameters={"n_epochs": 15, "batch_size": 1}
     )
@@ -196,9 +189,7 @@ def test_pause_then_resume_finishes_without_repeating_steps(
 
 
 def test_pause_and_resume_are_refused_in_the_wrong_state(client: openai.OpenAI, training_file: str) -> None:
-    job = client.fine_tuning.jobs.create(
-        training_file=training_file, model="tiny", hyperparameters={"n_epochs": 1}
-    )
+    job = client.fine_tuning.jobs.create(training_file=training_file, model="tiny", hyperparameters={"n_epochs": 1})
     with pytest.raises(openai.BadRequestError) as raised:
         client.fine_tuning.jobs.resume(job.id)
     assert raised.value.code == "invalid_state"
@@ -209,7 +200,10 @@ def test_pause_and_resume_are_refused_in_the_wrong_state(client: openai.OpenAI, 
 
 def test_validation_reports_totals_and_truncation(client: openai.OpenAI) -> None:
     long_example = {
-        "messages": [{"role": "user", "content": "Tell me a long story."}, {"role": "assistant", "content": "la " * 100}]
+        "messages": [
+            {"role": "user", "content": "Tell me a long story."},
+            {"role": "assistant", "content": "la " * 100},
+        ]
     }
     content = chat_examples(10) + (json.dumps(long_example) + "\n").encode()
     file_id = client.files.create(file=("long.jsonl", content), purpose="fine-tune").id

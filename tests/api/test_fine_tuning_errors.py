@@ -77,9 +77,7 @@ def test_bad_requests_are_400_with_param(
     )
 
 
-def test_files_of_the_wrong_purpose_or_organization_are_400(
-    keyed_server: LiveServer, client: openai.OpenAI
-) -> None:
+def test_files_of_the_wrong_purpose_or_organization_are_400(keyed_server: LiveServer, client: openai.OpenAI) -> None:
     other = keyed_server.client("sk-b")
     theirs = other.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
     wrong_purpose = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="user_data").id
@@ -89,9 +87,7 @@ def test_files_of_the_wrong_purpose_or_organization_are_400(
         assert (raised.value.param, raised.value.code) == ("training_file", code)
 
 
-def test_unknown_fields_are_ignored_and_integrations_echoed(
-    client: openai.OpenAI, training_file: str
-) -> None:
+def test_unknown_fields_are_ignored_and_integrations_echoed(client: openai.OpenAI, training_file: str) -> None:
     job = client.fine_tuning.jobs.create(
         model="tiny",
         training_file=training_file,
@@ -102,12 +98,8 @@ def test_unknown_fields_are_ignored_and_integrations_echoed(
     client.fine_tuning.jobs.cancel(job.id)
 
 
-def test_other_organizations_jobs_are_404(
-    keyed_server: LiveServer, client: openai.OpenAI, training_file: str
-) -> None:
-    job = client.fine_tuning.jobs.create(
-        model="tiny", training_file=training_file, hyperparameters={"n_epochs": 1}
-    )
+def test_other_organizations_jobs_are_404(keyed_server: LiveServer, client: openai.OpenAI, training_file: str) -> None:
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=training_file, hyperparameters={"n_epochs": 1})
     other = keyed_server.client("sk-b")
     for call in (
         other.fine_tuning.jobs.retrieve,
@@ -123,14 +115,10 @@ def test_other_organizations_jobs_are_404(
     client.fine_tuning.jobs.cancel(job.id)
 
 
-def test_cancel_with_an_empty_json_body(
-    keyed_server: LiveServer, client: openai.OpenAI, training_file: str
-) -> None:
+def test_cancel_with_an_empty_json_body(keyed_server: LiveServer, client: openai.OpenAI, training_file: str) -> None:
     job = client.fine_tuning.jobs.create(model="tiny", training_file=training_file)
     with keyed_server.http("sk-a") as http:
-        response = http.post(
-            f"/fine_tuning/jobs/{job.id}/cancel", headers={"content-type": "application/json"}
-        )
+        response = http.post(f"/fine_tuning/jobs/{job.id}/cancel", headers={"content-type": "application/json"})
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
 
 

@@ -30,9 +30,7 @@ def test_list_has_the_embedded_and_registered_models(models_server: LiveServer) 
     listed = models_server.client().models.list()
     ids = [model.id for model in listed]
     assert ids == ["smollm2-135m-instruct", *ODD_IDS]
-    assert all(
-        model.object == "model" and model.owned_by == "system" and model.created > 0 for model in listed
-    )
+    assert all(model.object == "model" and model.owned_by == "system" and model.created > 0 for model in listed)
 
 
 @pytest.mark.parametrize("model_id", ["smollm2-135m-instruct", *ODD_IDS])

@@ -25,9 +25,7 @@ def test_parts_assemble_in_the_given_order(client: openai.OpenAI) -> None:
 
     # Parts may arrive in any order; `part_ids` decides the file's order.
     order = [parts[0].id, parts[1].id, parts[2].id]
-    completed = client.uploads.complete(
-        upload.id, part_ids=order, md5=hashlib.md5(b"".join(chunks)).hexdigest()
-    )
+    completed = client.uploads.complete(upload.id, part_ids=order, md5=hashlib.md5(b"".join(chunks)).hexdigest())
     assert completed.status == "completed"
     assert completed.file is not None
     assert completed.file.bytes == len(b"".join(chunks))
@@ -90,7 +88,5 @@ def test_raw_json_matches_the_sdk_types(server: LiveServer) -> None:
         part = UploadPart.model_validate(
             http.post(f"/uploads/{upload.id}/parts", files={"data": ("upload", b"ok")}).json()
         )
-        done = Upload.model_validate(
-            http.post(f"/uploads/{upload.id}/complete", json={"part_ids": [part.id]}).json()
-        )
+        done = Upload.model_validate(http.post(f"/uploads/{upload.id}/complete", json={"part_ids": [part.id]}).json())
     assert done.file is not None and done.file.bytes == 2

@@ -12,9 +12,7 @@ from tests.conftest import REPO_ROOT, TRAINING_ENV, chat_examples, start_server,
 
 
 def test_two_workers_share_the_queue(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    server = start_server(
-        tmp_path_factory.mktemp("two-workers"), OPENFT_BASE_MODELS=f"tiny={tiny_dir}", **TRAINING_ENV
-    )
+    server = start_server(tmp_path_factory.mktemp("two-workers"), OPENFT_BASE_MODELS=f"tiny={tiny_dir}", **TRAINING_ENV)
     worker_log = server.data_dir / "worker.log"
     with worker_log.open("wb") as log:
         worker = subprocess.Popen(
@@ -25,15 +23,11 @@ def test_two_workers_share_the_queue(tiny_dir: Path, tmp_path_factory: pytest.Te
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_until(
-            lambda: "openft worker" in worker_log.read_text(), timeout=60, what="the standalone worker"
-        )
+        wait_until(lambda: "openft worker" in worker_log.read_text(), timeout=60, what="the standalone worker")
         client = server.client()
         file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
         jobs = [
-            client.fine_tuning.jobs.create(
-                model="tiny", training_file=file_id, hyperparameters={"n_epochs": 1}
-            )
+            client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 1})
             for _ in range(4)
         ]
         for job in jobs:

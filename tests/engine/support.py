@@ -1,0 +1,65 @@
+"""Example data and a recording harness around `train`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openft.engine import (
+    CheckpointInfo,
+    StartInfo,
+    StepMetrics,
+    StopRequest,
+    TrainCallbacks,
+    TrainConfig,
+    TrainResult,
+    train,
+)
+
+
+def write_jsonl(path: Path, examples: Iterable[Mapping[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+def arithmetic_chats(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "Answer in one sentence."},
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+@dataclass
+class Recorder:
+    """Callbacks that record everything and stop on request after a given step."""
+
+    stop_after: int | None = None
+    stop_with: StopRequest = "pause"
+    starts: list[StartInfo] = field(default_factory=list)
+    steps: list[StepMetrics] = field(default_factory=list)
+    checkpoints: list[CheckpointInfo] = field(default_factory=list)
+
+    def callbacks(self) -> TrainCallbacks:
+        return TrainCallbacks(
+            on_start=self.starts.append,
+            on_step=self.steps.append,
+            on_checkpoint=self.checkpoints.append,
+            should_stop=self.should_stop,
+        )
+
+    def should_stop(self) -> StopRequest | None:
+        if self.stop_after is not None and self.steps and self.steps[-1].step == self.stop_after:
+            return self.stop_with
+        return None
+
+    def run(self, config: TrainConfig) -> TrainResult:
+        return train(config, self.callbacks())
