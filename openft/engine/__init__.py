@@ -1,8 +1,8 @@
 """The training engine: a library driven by arguments and callbacks, importing nothing else of openft."""
 
 from openft.engine.convert import convert_gguf
-from openft.engine.embedded import embedded_gguf_path
 from openft.engine.data import TokenizedExample, render_completion_prompt, render_prompt, tokenize_example
+from openft.engine.embedded import embedded_gguf_path
 from openft.engine.tiny import build_tiny_model
 from openft.engine.train import (
     CheckpointInfo,
