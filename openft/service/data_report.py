@@ -181,9 +181,9 @@ def check_training_file(
 ) -> DataReport:
     """The full report: checks and token counts with the model's tokenizer, and, when asked and the
     file is usable, the training time expected from a throughput measured on this machine."""
-    from openft.engine.counting import TokenCounter  # loads torch: only for this command
-
     model_dir = base_models.local_directory(model)
+    from openft.engine.counting import TokenCounter  # loads torch: only for this command, once the model is known
+
     counter = _COUNTERS.get(model_dir) or _COUNTERS.setdefault(model_dir, TokenCounter(model_dir))
     report = build_report(
         path,
