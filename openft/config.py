@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     eval_interval_steps: int = Field(10, description="Steps between mini-batch validation losses.")
     checkpoints_kept: int = Field(3, description="Epoch checkpoints kept per job, newest first.")
     training_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
+    inference_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda' for chat.")
+    max_loaded_adapters: int = Field(8, description="LoRA adapters kept in memory per base model (LRU).")
+    default_max_tokens: int | None = Field(
+        None, description="Completion tokens when a chat request sets no max_tokens; empty: up to the context length."
+    )
     result_file_base64: bool = Field(True, description="Serve step_metrics.csv base64-encoded, as OpenAI.")
 
     @cached_property

@@ -153,7 +153,10 @@ def chat_examples(count: int, *, offset: int = 0) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+OTHER_ORGANIZATION_KEY = "sk-other"
 TRAINING_ENV = {
+    # `sk-test` (the fixtures' default key) is the organization `personal`; another one to test isolation
+    "OPENFT_API_KEYS": f"sk-test:personal,{OTHER_ORGANIZATION_KEY}:rival",
     "OPENFT_WORKER_POLL_SECONDS": "0.2",
     "OPENFT_WORKER_HEARTBEAT_SECONDS": "1",
     "OPENFT_PAUSE_WAIT_SECONDS": "60",

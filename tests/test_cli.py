@@ -88,12 +88,16 @@ def test_jobs_follow_prints_events_until_the_end(training_server: LiveServer) ->
     client = training_server.client()
     file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
     job = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 2})
-    result = run_openft("jobs", "follow", job.id, "--base-url", training_server.base_url, env={}, timeout=240)
+    result = run_openft(
+        "jobs", "follow", job.id, "--base-url", training_server.base_url, "--api-key", "sk-test", env={}, timeout=240
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"[info] Created fine-tuning job: {job.id}" in out
     assert out.index("Fine-tuning job started") < out.index("The job has successfully completed")
     assert out.strip().endswith(f"{job.id}: succeeded ({client.fine_tuning.jobs.retrieve(job.id).fine_tuned_model})")
     assert "20/20" in result.stderr  # the progress bar reached the last step
-    missing = run_openft("jobs", "follow", "ftjob-nope", "--base-url", training_server.base_url, env={})
+    missing = run_openft(
+        "jobs", "follow", "ftjob-nope", "--base-url", training_server.base_url, "--api-key", "sk-test", env={}
+    )
     assert missing.returncode == 2 and "No such fine-tuning job" in missing.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
-from openft.api import files, fine_tuning, models, uploads
+from openft.api import chat, files, fine_tuning, models, uploads
 from openft.api.auth import current_caller
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
 from openft.service import Services
@@ -15,7 +15,7 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="openft", version=__version__, docs_url=None, redoc_url=None)
     app.state.services = services
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(current_caller)])
-    for module in (files, uploads, fine_tuning, models):
+    for module in (files, uploads, fine_tuning, models, chat):
         v1.include_router(module.router)
     app.include_router(v1)
 

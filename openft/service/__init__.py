@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from openft.blobs import BlobStore
 from openft.config import Settings
+from openft.service.catalog import ModelCatalog
 from openft.service.files import FileService
+from openft.service.inference import InferenceService
 from openft.service.jobs import JobService
 from openft.service.models import BaseModelRegistry
 from openft.service.uploads import UploadService
@@ -23,6 +25,8 @@ class Services:
     uploads: UploadService
     base_models: BaseModelRegistry
     jobs: JobService
+    models: ModelCatalog
+    inference: InferenceService
 
     def new_worker(self) -> Worker:
         return Worker(self.settings, self.database, self.blobs, self.files, self.base_models)
@@ -39,6 +43,7 @@ def build_services(settings: Settings) -> Services:
     blobs = BlobStore(settings.blobs_dir)
     files = FileService(database, blobs)
     base_models = BaseModelRegistry(settings)
+    catalog = ModelCatalog(database, blobs, base_models)
     return Services(
         settings=settings,
         database=database,
@@ -47,4 +52,6 @@ def build_services(settings: Settings) -> Services:
         uploads=UploadService(database, blobs, files, settings),
         base_models=base_models,
         jobs=JobService(database, files, base_models, settings),
+        models=catalog,
+        inference=InferenceService(catalog, base_models, settings),
     )

@@ -18,9 +18,8 @@ from tests.conftest import TRAINING_ENV, LiveServer, chat_examples, start_server
 def keyed_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = start_server(
         tmp_path_factory.mktemp("jobs-errors"),
+        **{**TRAINING_ENV, "OPENFT_API_KEYS": "sk-a:acme,sk-b:globex"},
         OPENFT_BASE_MODELS=f"tiny={tiny_dir}",
-        OPENFT_API_KEYS="sk-a:acme,sk-b:globex",
-        **TRAINING_ENV,
     )
     yield live
     live.stop()
