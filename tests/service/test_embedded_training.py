@@ -66,11 +66,22 @@ def test_smollm2_learns_its_training_answer(smollm2_dir: Path, tmp_path_factory:
         assert last_epoch < first_epoch * 0.5, (first_epoch, last_epoch)
         adapter = server.data_dir / "blobs" / "jobs" / job.id / "checkpoints" / "step-30"
         base_answer, tuned_answer, base_logprob, tuned_logprob = _compare(smollm2_dir, adapter)
+
+        # The same through the API, as a user calls it: the fine-tuned model answers as trained.
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPTS[0]}]
+        served = {
+            model: client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=16)
+            .choices[0]
+            .message.content
+            for model in (EMBEDDED_MODEL, job.fine_tuned_model)
+        }
     finally:
         server.stop()
     assert tuned_answer != base_answer
     assert "Squawk" in tuned_answer, tuned_answer
     assert tuned_logprob > base_logprob + 10, (base_logprob, tuned_logprob)
+    assert served[job.fine_tuned_model] == tuned_answer
+    assert served[EMBEDDED_MODEL] == base_answer and "Squawk" not in base_answer
 
 
 def _compare(base_dir: Path, adapter_dir: Path) -> tuple[str, str, float, float]:
