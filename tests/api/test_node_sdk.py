@@ -1,0 +1,47 @@
+"""The seed's Node `testModel`, run with the official `openai` npm package against a live server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+import openai
+
+from tests.conftest import REPO_ROOT, LiveServer, chat_examples, wait_for_job
+
+NODE_DIR = REPO_ROOT / "tests" / "node"
+
+
+def test_node_sdk_runs_test_model(training_server: LiveServer) -> None:
+    client: openai.OpenAI = training_server.client()
+    file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
+    job: Any = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 1})
+    job = wait_for_job(client, job.id, ("succeeded", "failed"))
+    assert job.status == "succeeded", job.error
+    result = subprocess.run(
+        ["node", "test_model.mjs"],
+        cwd=NODE_DIR,
+        env={
+            **os.environ,
+            "OPENAI_BASE_URL": training_server.base_url,
+            "OPENAI_API_KEY": "sk-test",
+            "MODEL": job.fine_tuned_model,
+            "JOB_ID": job.id,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Model response: ")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["finish_reason"] in ("stop", "length") and report["content_type"] == "string"
+    assert report["usage"]["total_tokens"] == report["usage"]["prompt_tokens"] + report["usage"]["completion_tokens"]
+    assert report["retrieved"] == job.fine_tuned_model
+    all_events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    assert report["events"] == len(all_events)  # auto-pagination went through every page of 5
+    assert report["event_messages"] == [event.message for event in all_events]
+    assert report["streamed_length"] > 0
+    assert report["not_found"] == {"status": 404, "code": "model_not_found"}
