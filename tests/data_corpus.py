@@ -109,6 +109,9 @@ BROKEN = [
         1,
     ),
     Broken("tools_not_a_list", good(9) + lines({**GOOD, "tools": "f"}), "invalid_training_file", 10),
+    Broken(
+        "deeply_nested", good(10) + b'{"messages": ' + b"[" * 5_000 + b"]" * 5_000 + b"}\n", "invalid_training_file", 11
+    ),
     Broken("too_few_examples", good(7), "invalid_n_examples", None),
 ]
 

@@ -119,6 +119,9 @@ def _parse_lines(path: Path, param: str) -> Iterator[tuple[int, dict[str, Any] |
                 problem = f"is not valid JSON ({error.msg} at column {error.colno})"
                 yield number, None, _invalid(param, number, problem)
                 continue
+            except RecursionError:
+                yield number, None, _invalid(param, number, "is nested too deeply to be an example")
+                continue
             if isinstance(example, list) and number == 1:
                 problem = "is a JSON array; the file must be JSONL: one JSON object per line"
                 yield number, None, _invalid(param, number, problem)
