@@ -152,6 +152,9 @@ def test_cancel_while_running_stops_training(
         training_file=training_file, model="tiny", hyperparameters={"n_epochs": 50, "batch_size": 1}
     )
     wait_until(lambda: _metrics_steps(client, job.id), timeout=120, what="the first training step")
+    running = client.fine_tuning.jobs.retrieve(job.id)
+    assert running.status == "running"
+    assert running.estimated_finish is not None and running.estimated_finish >= running.created_at
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     wait_until(
