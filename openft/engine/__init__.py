@@ -3,6 +3,15 @@
 from openft.engine.convert import convert_gguf
 from openft.engine.data import TokenizedExample, render_completion_prompt, render_prompt, tokenize_example
 from openft.engine.embedded import embedded_gguf_path
+from openft.engine.generate import (
+    Choice,
+    Delta,
+    GenerationParams,
+    GenerationResult,
+    ModelServer,
+    PromptTooLong,
+    TokenLogprob,
+)
 from openft.engine.tiny import build_tiny_model
 from openft.engine.train import (
     CheckpointInfo,
@@ -17,9 +26,16 @@ from openft.engine.train import (
 
 __all__ = [
     "CheckpointInfo",
+    "Choice",
+    "Delta",
+    "GenerationParams",
+    "GenerationResult",
+    "ModelServer",
+    "PromptTooLong",
     "StartInfo",
     "StepMetrics",
     "StopRequest",
+    "TokenLogprob",
     "TokenizedExample",
     "TrainCallbacks",
     "TrainConfig",
