@@ -59,8 +59,11 @@ class Settings(BaseSettings):
     training_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     inference_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda' for chat.")
     max_loaded_adapters: int = Field(8, description="LoRA adapters kept in memory per base model (LRU).")
-    default_max_tokens: int | None = Field(
-        None, description="Completion tokens when a chat request sets no max_tokens; empty: up to the context length."
+    default_max_tokens: int = Field(
+        512,
+        ge=0,
+        description="Completion tokens when a chat request sets no max_tokens (OpenAI: up to the context length, "
+        "which takes minutes on a CPU); 0: up to the context length.",
     )
     result_file_base64: bool = Field(True, description="Serve step_metrics.csv base64-encoded, as OpenAI.")
 

@@ -206,7 +206,7 @@ class InferenceService:
         from openft.engine.generate import GenerationParams
 
         return GenerationParams(
-            max_new_tokens=max_tokens if max_tokens is not None else self.settings.default_max_tokens,
+            max_new_tokens=max_tokens if max_tokens is not None else (self.settings.default_max_tokens or None),
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             n=request.n or 1,
