@@ -275,9 +275,7 @@ class ModelServer:
             else:
                 self._delete(name)
 
-    def _stream(
-        self, prompt_ids: list[int], params: GenerationParams, adapter: AdapterRef | None
-    ) -> Iterator[Delta]:
+    def _stream(self, prompt_ids: list[int], params: GenerationParams, adapter: AdapterRef | None) -> Iterator[Delta]:
         name = self._acquire(adapter) if adapter is not None else None
         try:
             budget = self._context_length - len(prompt_ids)
@@ -652,9 +650,7 @@ def _byte_decoder(tokenizer: PreTrainedTokenizerBase) -> dict[str, int] | None:
     return decoder
 
 
-def _token_bytes(
-    tokenizer: PreTrainedTokenizerBase, byte_decoder: dict[str, int] | None, token: int
-) -> bytes:
+def _token_bytes(tokenizer: PreTrainedTokenizerBase, byte_decoder: dict[str, int] | None, token: int) -> bytes:
     """The bytes a token stands for, even when they are only part of a UTF-8 character."""
     piece = tokenizer.convert_ids_to_tokens(token)
     assert isinstance(piece, str)

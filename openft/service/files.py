@@ -16,7 +16,8 @@ from openft.protocol.files import (
     FileList,
     FileObject,
 )
-from openft.store import Database, UnknownCursor
+from openft.service.paging import known_cursor
+from openft.store import Database
 from openft.store import files as file_rows
 from openft.store.files import FileRecord
 
@@ -158,13 +159,10 @@ class FileService:
         limit: int,
         order: Literal["asc", "desc"],
     ) -> FileList:
-        with self.database.transaction() as connection:
-            try:
-                records, has_more = file_rows.list_files(
-                    connection, organization, purpose=purpose, after=after, limit=limit, order=order
-                )
-            except UnknownCursor:
-                raise InvalidRequest(f"No such File object: {after}", param="after", code="invalid_value") from None
+        with self.database.transaction() as connection, known_cursor(after, "File object"):
+            records, has_more = file_rows.list_files(
+                connection, organization, purpose=purpose, after=after, limit=limit, order=order
+            )
         data = [to_wire(record) for record in records if not _expired(record)]
         return FileList(
             data=data,

@@ -31,7 +31,8 @@ from openft.service.files import FileService
 from openft.service.lifecycle import TERMINAL, add_event, transition
 from openft.service.models import BaseModelRegistry
 from openft.service.naming import organization_id
-from openft.store import Database, UnknownCursor
+from openft.service.paging import known_cursor
+from openft.store import Database
 from openft.store import checkpoints as checkpoint_rows
 from openft.store import events as event_rows
 from openft.store import jobs as job_rows
@@ -130,18 +131,15 @@ class JobService:
         metadata: dict[str, str] | None,
         metadata_is_null: bool,
     ) -> JobList:
-        with self.database.transaction() as connection:
-            try:
-                records, has_more = job_rows.list_jobs(
-                    connection,
-                    organization,
-                    after=after,
-                    limit=limit,
-                    metadata=metadata,
-                    metadata_is_null=metadata_is_null,
-                )
-            except UnknownCursor:
-                raise InvalidRequest(f"No such fine-tuning job: {after}", param="after", code="invalid_value") from None
+        with self.database.transaction() as connection, known_cursor(after, "fine-tuning job"):
+            records, has_more = job_rows.list_jobs(
+                connection,
+                organization,
+                after=after,
+                limit=limit,
+                metadata=metadata,
+                metadata_is_null=metadata_is_null,
+            )
         return JobList(data=[to_wire(record) for record in records], has_more=has_more)
 
     def cancel(self, organization: str, job_id: str) -> FineTuningJob:
@@ -205,20 +203,14 @@ class JobService:
 
     def list_events(self, organization: str, job_id: str, *, after: str | None, limit: int) -> EventList:
         self.get_record(organization, job_id)
-        with self.database.transaction() as connection:
-            try:
-                records, has_more = event_rows.list_events(connection, job_id, after=after, limit=limit)
-            except UnknownCursor:
-                raise InvalidRequest(f"No such event: {after}", param="after", code="invalid_value") from None
+        with self.database.transaction() as connection, known_cursor(after, "event"):
+            records, has_more = event_rows.list_events(connection, job_id, after=after, limit=limit)
         return EventList(data=[event_to_wire(record) for record in records], has_more=has_more)
 
     def list_checkpoints(self, organization: str, job_id: str, *, after: str | None, limit: int) -> CheckpointList:
         self.get_record(organization, job_id)
-        with self.database.transaction() as connection:
-            try:
-                records, has_more = checkpoint_rows.list_checkpoints(connection, job_id, after=after, limit=limit)
-            except UnknownCursor:
-                raise InvalidRequest(f"No such checkpoint: {after}", param="after", code="invalid_value") from None
+        with self.database.transaction() as connection, known_cursor(after, "checkpoint"):
+            records, has_more = checkpoint_rows.list_checkpoints(connection, job_id, after=after, limit=limit)
         data = [checkpoint_to_wire(record) for record in records]
         return CheckpointList(
             data=data,

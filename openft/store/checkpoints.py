@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, delete, insert, select, update
 
 from openft.store.paging import fetch_page
+from openft.store.records import row_values
 from openft.store.schema import checkpoints, jobs
 
 
@@ -25,9 +26,7 @@ class CheckpointRecord:
 
     @classmethod
     def from_row(cls, row: RowMapping) -> CheckpointRecord:
-        values = {name: row[name] for name in cls.__dataclass_fields__}
-        values["metrics"] = json.loads(values["metrics"])
-        return cls(**values)
+        return cls(**row_values(cls, row, json_columns=("metrics",)))
 
 
 def insert_checkpoint(connection: Connection, record: CheckpointRecord) -> None:

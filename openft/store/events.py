@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, insert, select
 
 from openft.store.paging import fetch_page
+from openft.store.records import row_values
 from openft.store.schema import job_events
 
 
@@ -24,9 +25,7 @@ class EventRecord:
 
     @classmethod
     def from_row(cls, row: RowMapping) -> EventRecord:
-        values = {name: row[name] for name in cls.__dataclass_fields__}
-        values["data"] = json.loads(values["data"])
-        return cls(**values)
+        return cls(**row_values(cls, row, json_columns=("data",)))
 
 
 def insert_event(connection: Connection, record: EventRecord) -> None:

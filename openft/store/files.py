@@ -8,6 +8,7 @@ from typing import Literal
 from sqlalchemy import Connection, RowMapping, delete, insert, select
 
 from openft.store.paging import Page, fetch_page
+from openft.store.records import row_values
 from openft.store.schema import files
 
 
@@ -26,7 +27,7 @@ class FileRecord:
 
     @classmethod
     def from_row(cls, row: RowMapping) -> FileRecord:
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+        return cls(**row_values(cls, row))
 
 
 def insert_file(connection: Connection, record: FileRecord) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, insert, or_, select, update
 
 from openft.store.paging import fetch_page
+from openft.store.records import row_values
 from openft.store.schema import jobs
 
 _JSON_TEXT_COLUMNS = ("hyperparameters", "integrations", "error", "result_files")
@@ -45,10 +46,7 @@ class JobRecord:
 
     @classmethod
     def from_row(cls, row: RowMapping) -> JobRecord:
-        values = {name: row[name] for name in cls.__dataclass_fields__}
-        for name in _JSON_TEXT_COLUMNS:
-            values[name] = json.loads(values[name]) if values[name] is not None else None
-        return cls(**values)
+        return cls(**row_values(cls, row, json_columns=_JSON_TEXT_COLUMNS))
 
 
 def _encode(values: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, RowMapping, insert, select, update
 
+from openft.store.records import row_values
 from openft.store.schema import upload_parts, uploads
 
 
@@ -25,7 +26,7 @@ class UploadRecord:
 
     @classmethod
     def from_row(cls, row: RowMapping) -> UploadRecord:
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+        return cls(**row_values(cls, row))
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class UploadPartRecord:
 
     @classmethod
     def from_row(cls, row: RowMapping) -> UploadPartRecord:
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+        return cls(**row_values(cls, row))
 
 
 def insert_upload(connection: Connection, record: UploadRecord) -> None:
