@@ -8,10 +8,10 @@ from openft.engine.generate import (
     Delta,
     GenerationParams,
     GenerationResult,
-    ModelServer,
     PromptTooLong,
     TokenLogprob,
 )
+from openft.engine.serving import ModelServer, Request, ServerClosed, ServerStats
 from openft.engine.tiny import build_tiny_model
 from openft.engine.train import (
     CheckpointInfo,
@@ -32,6 +32,9 @@ __all__ = [
     "GenerationResult",
     "ModelServer",
     "PromptTooLong",
+    "Request",
+    "ServerClosed",
+    "ServerStats",
     "StartInfo",
     "StepMetrics",
     "StopRequest",

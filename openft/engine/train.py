@@ -19,6 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from openft.engine.convert import atomic_dir
+from openft.engine.devices import resolve_device
 from openft.engine.data import (
     IGNORE_INDEX,
     Batch,
@@ -128,7 +129,7 @@ def lr_at(step: int, total_steps: int, peak: float) -> float:
 def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
     """Fine-tune `config.base_model_dir` on `config.train_file`; see TrainConfig."""
     cb = callbacks or TrainCallbacks()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     random.seed(config.seed)
     torch.manual_seed(config.seed)  # LoRA init and dropout
 
@@ -219,12 +220,6 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 
     final = _checkpoint_dir(config.output_dir, total_steps)
     return TrainResult("completed", step, total_steps, tokens_seen, final, None)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _load_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:

@@ -20,7 +20,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from openft.engine.generate import (
     Delta,
     GenerationParams,
-    ModelServer,
     PromptTooLong,
     TokenLogprob,
     _byte_decoder,
@@ -29,6 +28,7 @@ from openft.engine.generate import (
     _StopGate,
     _token_bytes,
 )
+from openft.engine.serving import ModelServer
 
 MESSAGES = [{"role": "user", "content": "Tell me about herons."}]
 GREEDY = GenerationParams(max_new_tokens=16, temperature=0)

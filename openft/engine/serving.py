@@ -1,0 +1,650 @@
+"""Serving one base model to many requests at once: continuous batching across LoRA adapters.
+
+`ModelServer` keeps the base model in memory once, with up to `max_loaded_adapters` LoRA
+adapters loaded into it through PEFT, and owns it from one scheduler thread. Any thread may
+`submit` a request; the scheduler feeds it its events through a callback. Every step it:
+
+1. admits waiting work while the batch has room, choosing the fairness key (an organization, to
+   the caller) with the fewest rows decoding, and takes a row from the busiest key when one with
+   nothing decoding would otherwise wait for a slot (the row recomputes its cache later);
+2. prefills one prompt a chunk at a time (`prefill_chunk_tokens`), so a long prompt delays the
+   running rows by one chunk per step, never by its whole length; the `n` choices of a request
+   share that one prefill and join the batch as rows copying its cache;
+3. runs one forward pass over every running row, each through its own adapter (PEFT's mixed
+   batch: `adapter_names`, "__base__" for the base model), and hands each row's logits to its
+   `Decoding`. Finished and cancelled rows leave the batch and free their cache at once.
+
+Seeded sampling gives each choice its own random stream, so a request's output does not depend on
+what runs beside it; greedy output equals what the request gets alone (up to float rounding of
+batched matrix products, which does not change the argmax in practice).
+
+Threading: the model, the batch and the adapters are touched by the scheduler thread only.
+`submit`, `Request.cancel`, `unload_adapter` and `stats` are safe from any thread; callbacks run
+on the scheduler thread and must be quick (hand the event over, don't compute).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from openft.engine.data import render_completion_prompt, render_prompt
+from openft.engine.devices import resolve_device, resolve_dtype
+from openft.engine.generate import (
+    Choice,
+    Decoding,
+    Delta,
+    GenerationParams,
+    GenerationResult,
+    PromptTooLong,
+    TokenLogprob,
+    TokenTexts,
+    _context_length,
+    _eos_ids,
+    choice_generator,
+)
+from openft.engine.kv_cache import BatchCache
+
+logger = logging.getLogger(__name__)
+
+AdapterRef = tuple[str, Path]  # (name, PEFT adapter dir); the name identifies the weights
+Event = Delta | BaseException  # what a request's callback receives; an exception ends the request
+BASE = "__base__"  # PEFT's adapter name for rows that use the base model alone
+
+
+class ServerClosed(RuntimeError):
+    """The server was closed before the request finished."""
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    running: int  # rows (choices) in the decoding batch
+    waiting: int  # requests, or taken-out rows, waiting to be prefilled or to join
+    requests: int  # requests submitted and not yet finished or cancelled
+    running_by_key: dict[str, int]
+    loaded_adapters: list[str]  # least recently used first
+    steps: int  # decode steps since start
+    prefilled_tokens: int  # prompt tokens computed since start (once for all n choices of a request)
+    preempted: int  # rows taken out for fairness since start
+    cancelled: int  # requests cancelled since start
+
+
+class Request:
+    """A submitted request. `cancel` from any thread: its rows leave the batch at the next step."""
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        adapter: AdapterRef | None,
+        key: str,
+        on_event: Callable[[Event], None],
+        server: ModelServer,
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.adapter = adapter
+        self.key = key
+        self.on_event = on_event
+        self.unfinished = params.n
+        self.cancelled = False
+        self.pinned = False  # holds its adapter in memory
+        self._server = server
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._server._wake()
+
+
+@dataclass
+class _Row:
+    """One choice of a request: a row of the batch while it decodes."""
+
+    request: Request
+    decoding: Decoding
+
+
+@dataclass
+class _Unit:
+    """Tokens to prefill once for some rows: a new request's prompt for its choices, or a row's
+    prompt and generated tokens when it rejoins after being taken out."""
+
+    request: Request
+    tokens: list[int]
+    rows: list[_Row]
+    order: int  # first come, first served within a key
+    done: int = 0  # tokens prefilled so far
+    cache: DynamicCache | None = None
+    logits: torch.Tensor | None = None  # for the next token, once all tokens are prefilled
+
+
+@dataclass
+class _LoadedAdapter:
+    path: Path
+    peft_name: str
+    users: int = 0  # unfinished requests; pinned while > 0
+    doomed: bool = False  # unload requested while in use: delete when the last user is done
+
+
+@dataclass
+class _Counters:
+    steps: int = 0
+    prefilled_tokens: int = 0
+    preempted: int = 0
+    cancelled: int = 0
+    running_by_key: dict[str, int] = field(default_factory=dict)
+
+
+class ModelServer:
+    """Serves one base model and its LoRA adapters to concurrent requests; see the module docstring."""
+
+    def __init__(
+        self,
+        base_model_dir: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_loaded_adapters: int = 8,
+        max_batch_size: int = 16,
+        prefill_chunk_tokens: int = 512,
+    ) -> None:
+        if max_loaded_adapters < 1 or max_batch_size < 1 or prefill_chunk_tokens < 1:
+            raise ValueError("max_loaded_adapters, max_batch_size and prefill_chunk_tokens must be at least 1")
+        started = time.perf_counter()
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(base_model_dir)
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=self.dtype, device_map=self.device)
+        assert isinstance(base, PreTrainedModel)
+        self._base = base.eval()
+        self._peft: PeftModel | None = None  # wraps _base while any adapter is loaded
+        self._adapters: OrderedDict[str, _LoadedAdapter] = OrderedDict()  # least recently used first
+        self._loads = itertools.count(1)
+        self._max_adapters = max_loaded_adapters
+        self._max_rows = max_batch_size
+        self._chunk = prefill_chunk_tokens
+        self._eos_ids = _eos_ids(self._base, self._tokenizer)
+        self._context_length = _context_length(self._base)
+        self._texts = TokenTexts(self._tokenizer)
+        # Shared with other threads, under _lock.
+        self._lock = threading.Condition()
+        self._inbox: deque[Request] = deque()
+        self._unloads: deque[tuple[str, threading.Event]] = deque()
+        self._requests = 0
+        self._closed = False
+        self._snapshot = ServerStats(0, 0, 0, {}, [], 0, 0, 0, 0)
+        # The scheduler thread's own.
+        self._order = itertools.count()
+        self._waiting: dict[str, deque[_Unit]] = {}
+        self._prefilling: _Unit | None = None
+        self._ready: list[_Unit] = []  # prefilled, with rows that found no room yet
+        self._rows: list[_Row] = []  # the batch's rows, in cache order
+        self._batch = BatchCache()
+        self._counters = _Counters()
+        self._thread = threading.Thread(target=self._run, name=f"openft-serve-{base_model_dir.name}", daemon=True)
+        self._thread.start()
+        logger.info(
+            "loaded %s on %s (%s) in %.1f s", base_model_dir, self.device, self.dtype, time.perf_counter() - started
+        )
+
+    @property
+    def context_length(self) -> int:
+        """Most tokens, prompt and completion together, a request can have."""
+        return self._context_length
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Names of the adapters in memory, least recently used first."""
+        return self.stats().loaded_adapters
+
+    def stats(self) -> ServerStats:
+        with self._lock:
+            return self._snapshot
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Token ids to generate the next assistant turn from, rendered as training does."""
+        return render_prompt(self._tokenizer, messages)
+
+    def completion_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a legacy completion prompt, rendered as training does."""
+        return render_completion_prompt(self._tokenizer, prompt)
+
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        params: GenerationParams,
+        on_event: Callable[[Event], None],
+        adapter: AdapterRef | None = None,
+        key: str = "",
+    ) -> Request:
+        """Queue a request; `on_event` receives its deltas (each choice's first delta comes as soon as
+        its first token is chosen, its last has `finish_reason`), or one exception that ends it
+        (an adapter that fails to load, a failed forward pass, the server closing)."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) >= self._context_length:
+            raise PromptTooLong(len(prompt_ids), self._context_length)
+        request = Request(list(prompt_ids), params, adapter, key, on_event, self)
+        with self._lock:
+            if self._closed:
+                raise ServerClosed("the model server is closed")
+            self._inbox.append(request)
+            self._requests += 1
+            self._lock.notify()
+        return request
+
+    def stream(
+        self, prompt_ids: Sequence[int], params: GenerationParams, adapter: AdapterRef | None = None, key: str = ""
+    ) -> Iterator[Delta]:
+        """Blocking iterator over a request's deltas. A bad prompt raises here, a failed adapter at
+        the first `next`; closing the iterator early cancels the request."""
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        request = self.submit(prompt_ids, params, events.put, adapter, key)
+        return _iterate(request, events)
+
+    def generate(
+        self, prompt_ids: Sequence[int], params: GenerationParams, adapter: AdapterRef | None = None, key: str = ""
+    ) -> GenerationResult:
+        """Generate `params.n` choices, blocking."""
+        texts: list[list[str]] = [[] for _ in range(params.n)]
+        entries: list[list[TokenLogprob]] = [[] for _ in range(params.n)]
+        choices: list[Choice] = []
+        completion_tokens = 0
+        for delta in self.stream(prompt_ids, params, adapter, key):
+            i = delta.index
+            texts[i].append(delta.text)
+            entries[i].extend(delta.logprobs or [])
+            if delta.finish_reason is not None:
+                choices.append(Choice(i, "".join(texts[i]), delta.finish_reason, entries[i] if params.logprobs else None))
+                completion_tokens += delta.completion_tokens
+        choices.sort(key=lambda choice: choice.index)
+        return GenerationResult(choices, len(prompt_ids), completion_tokens)
+
+    def unload_adapter(self, name: str) -> None:
+        """Free an adapter (its model was deleted); requests using it now finish first. Returns once
+        the scheduler has taken note, at most a step later."""
+        done = threading.Event()
+        with self._lock:
+            if self._closed:
+                return
+            self._unloads.append((name, done))
+            self._lock.notify()
+        done.wait()
+
+    def close(self) -> None:
+        """Stop the scheduler; unfinished requests get ServerClosed."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify()
+
+    # The scheduler thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while self._take_new_work():
+            try:
+                self._drop_cancelled()
+                self._admit()
+                if self._prefilling is not None:
+                    self._prefill()
+                if self._rows:
+                    self._decode()
+            except Exception as error:  # a forward pass failed: fail what was in it, keep serving
+                logger.exception("generation step failed")
+                self._fail_all(error)
+            self._publish()
+        self._fail_all(ServerClosed("the model server is closed"))
+        self._publish()
+        with self._lock:
+            for _, done in self._unloads:
+                done.set()
+
+    def _take_new_work(self) -> bool:
+        """Move submitted requests and unloads into the scheduler's state, sleeping while there is
+        nothing to do; False once the server is closed."""
+        with self._lock:
+            while not (self._closed or self._inbox or self._unloads or self._busy()):
+                self._lock.wait()
+            if self._closed:
+                return False
+            new, self._inbox = list(self._inbox), deque()
+            unloads, self._unloads = list(self._unloads), deque()
+        for name, done in unloads:
+            self._unload(name)
+            done.set()
+        for request in new:
+            self._enqueue(request)
+        return True
+
+    def _busy(self) -> bool:
+        return bool(self._rows or self._prefilling or self._ready or any(self._waiting.values()))
+
+    def _enqueue(self, request: Request) -> None:
+        try:
+            adapter = self._acquire(request.adapter) if request.adapter is not None else None
+        except Exception as error:
+            logger.exception("adapter %s failed to load", request.adapter)
+            self._end(request, error)
+            return
+        request.pinned = adapter is not None
+        params = request.params
+        budget = self._context_length - len(request.prompt_ids)
+        if params.max_new_tokens is not None:
+            budget = min(budget, params.max_new_tokens)
+        rows = [
+            _Row(request, Decoding(i, params, budget, self._texts, self._eos_ids, choice_generator(params.seed, i)))
+            for i in range(params.n)
+        ]
+        self._waiting.setdefault(request.key, deque()).append(
+            _Unit(request, request.prompt_ids, rows, next(self._order))
+        )
+
+    def _drop_cancelled(self) -> None:
+        for key, units in self._waiting.items():
+            self._waiting[key] = deque(unit for unit in units if not self._cancel_if_asked(unit.request))
+        self._ready = [unit for unit in self._ready if not self._cancel_if_asked(unit.request)]
+        if self._prefilling is not None and self._cancel_if_asked(self._prefilling.request):
+            self._prefilling = None
+        if any(row.request.cancelled for row in self._rows):
+            self._keep_rows([i for i, row in enumerate(self._rows) if not self._cancel_if_asked(row.request)])
+
+    def _cancel_if_asked(self, request: Request) -> bool:
+        if request.cancelled and request.unfinished:
+            request.unfinished = 0
+            self._counters.cancelled += 1
+            self._release(request)
+        return request.cancelled
+
+    # Admission ----------------------------------------------------------------------------------
+
+    def _free_rows(self) -> int:
+        reserved = len(self._prefilling.rows) if self._prefilling is not None else 0
+        return self._max_rows - len(self._rows) - reserved
+
+    def _running(self, key: str) -> int:
+        return sum(1 for row in self._rows if row.request.key == key)
+
+    def _admit(self) -> None:
+        """Fill free rows, the key with the fewest running rows first; a prefilled unit's rows join
+        before a new prefill starts for a key with as many."""
+        self._make_room_for_starving_keys()
+        while self._free_rows() > 0:
+            ready = min(self._ready, key=self._priority, default=None)
+            waiting = None
+            if self._prefilling is None:
+                waiting = min((units[0] for units in self._waiting.values() if units), key=self._priority, default=None)
+            if ready is not None and (waiting is None or self._priority(ready) <= self._priority(waiting)):
+                self._join(ready, self._free_rows())
+            elif waiting is not None:
+                self._waiting[waiting.request.key].popleft()
+                self._prefilling = waiting
+            else:
+                return
+
+    def _priority(self, unit: _Unit) -> tuple[int, int]:
+        return self._running(unit.request.key), unit.order
+
+    def _make_room_for_starving_keys(self) -> None:
+        """A key with work waiting and no row running takes a row from the key with the most, when
+        that key has more than its share of the batch: one organization's many requests must not
+        keep another's one waiting until they finish."""
+        if self._free_rows() > 0:
+            return
+        demand = {row.request.key for row in self._rows}
+        starving = {unit.request.key for unit in self._ready}
+        starving |= {key for key, units in self._waiting.items() if units}
+        starving -= demand
+        if self._prefilling is not None:
+            starving.discard(self._prefilling.request.key)
+        if not starving or not self._rows:
+            return
+        share = -(-self._max_rows // len(demand | starving))
+        busiest = max(demand, key=self._running)
+        if self._running(busiest) <= share:
+            return
+        victim = max(i for i, row in enumerate(self._rows) if row.request.key == busiest)  # the newest
+        row = self._rows[victim]
+        self._keep_rows([i for i in range(len(self._rows)) if i != victim])
+        tokens = row.request.prompt_ids + row.decoding.tokens
+        self._waiting.setdefault(busiest, deque()).appendleft(_Unit(row.request, tokens, [row], next(self._order)))
+        self._counters.preempted += 1
+
+    def _join(self, unit: _Unit, room: int) -> None:
+        """Rows of a prefilled unit choose their first token; those still going enter the batch."""
+        assert unit.cache is not None and unit.logits is not None
+        joining, unit.rows = unit.rows[:room], unit.rows[room:]
+        staying = []
+        for row in joining:
+            self._emit(row, row.decoding.advance(unit.logits))
+            if not row.decoding.finished:
+                staying.append(row)
+        if staying:
+            self._batch.add(unit.cache, len(unit.tokens), len(staying))
+            self._rows += staying
+        if unit.rows:
+            if unit not in self._ready:
+                self._ready.append(unit)
+        elif unit in self._ready:
+            self._ready.remove(unit)
+
+    # Model passes --------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _prefill(self) -> None:
+        """Prefill a chunk of the current unit; more while nothing decodes, as no one waits then."""
+        unit = self._prefilling
+        assert unit is not None
+        while True:
+            chunk = unit.tokens[unit.done : unit.done + self._chunk]
+            ids = torch.tensor([chunk], device=self.device)
+            positions = torch.arange(unit.done, unit.done + len(chunk), device=self.device).unsqueeze(0)
+            if unit.cache is None:
+                unit.cache = DynamicCache()
+            out = self._forward([self._adapter_of(unit.request)], input_ids=ids, position_ids=positions, cache=unit.cache)
+            unit.done += len(chunk)
+            self._counters.prefilled_tokens += len(chunk)
+            if unit.done == len(unit.tokens):
+                unit.logits = out[0].float()
+                self._prefilling = None
+                self._join(unit, self._free_rows())
+                return
+            if self._rows:
+                return
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
+        tokens = [row.decoding.pending for row in self._rows]
+        ids = torch.tensor([[token] for token in tokens], device=self.device)
+        mask, positions = self._batch.step_inputs()
+        assert self._batch.cache is not None
+        adapters = [self._adapter_of(row.request) for row in self._rows]
+        logits = self._forward(adapters, input_ids=ids, position_ids=positions, cache=self._batch.cache, mask=mask)
+        self._batch.stepped(mask)
+        self._counters.steps += 1
+        logits = logits.float()
+        for i, row in enumerate(self._rows):
+            self._emit(row, row.decoding.advance(logits[i]))
+        if any(row.decoding.finished for row in self._rows):
+            self._keep_rows([i for i, row in enumerate(self._rows) if not row.decoding.finished])
+
+    def _forward(
+        self,
+        adapters: list[str],
+        *,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: DynamicCache,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits for each row's next token; extends `cache` by the inputs."""
+        arguments: dict[str, Any] = {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "attention_mask": mask,
+            "past_key_values": cache,
+            "use_cache": True,
+            "logits_to_keep": 1,  # a long prompt's (tokens x vocab) logits would be large and unused
+        }
+        if self._peft is not None:
+            out = self._peft(**arguments, adapter_names=adapters)
+        else:
+            out = self._base(**arguments)
+        return out.logits[:, -1]
+
+    def _adapter_of(self, request: Request) -> str:
+        return self._adapters[request.adapter[0]].peft_name if request.adapter is not None else BASE
+
+    def _keep_rows(self, keep: list[int]) -> None:
+        self._batch.keep(keep)
+        self._rows = [self._rows[i] for i in keep]
+
+    # Events --------------------------------------------------------------------------------------
+
+    def _emit(self, row: _Row, deltas: list[Delta]) -> None:
+        request = row.request
+        for delta in deltas:
+            request.on_event(delta)
+        if row.decoding.finished:
+            request.unfinished -= 1
+            if not request.unfinished:
+                self._release(request)
+
+    def _end(self, request: Request, error: BaseException) -> None:
+        if request.unfinished:
+            request.unfinished = 0
+            self._release(request)
+            request.on_event(error)
+
+    def _fail_all(self, error: BaseException) -> None:
+        units = [unit for units in self._waiting.values() for unit in units] + self._ready
+        if self._prefilling is not None:
+            units.append(self._prefilling)
+        for request in {id(r): r for r in [u.request for u in units] + [row.request for row in self._rows]}.values():
+            self._end(request, error)
+        self._waiting, self._ready, self._prefilling, self._rows = {}, [], None, []
+        self._batch.clear()
+
+    def _publish(self) -> None:
+        by_key: dict[str, int] = {}
+        for row in self._rows:
+            by_key[row.request.key] = by_key.get(row.request.key, 0) + 1
+        waiting = sum(len(units) for units in self._waiting.values()) + len(self._ready)
+        waiting += 1 if self._prefilling is not None else 0
+        counters = self._counters
+        with self._lock:
+            self._snapshot = ServerStats(
+                running=len(self._rows),
+                waiting=waiting,
+                requests=self._requests,
+                running_by_key=by_key,
+                loaded_adapters=list(self._adapters),
+                steps=counters.steps,
+                prefilled_tokens=counters.prefilled_tokens,
+                preempted=counters.preempted,
+                cancelled=counters.cancelled,
+            )
+
+    # Adapters ------------------------------------------------------------------------------------
+
+    def _acquire(self, adapter: AdapterRef) -> str:
+        """Pin an adapter for a request, loading it first if needed."""
+        name, path = adapter
+        loaded = self._adapters.get(name)
+        if loaded is None:
+            loaded = self._load(name, Path(path))
+        loaded.users += 1
+        loaded.doomed = False  # wanted again
+        self._adapters.move_to_end(name)
+        self._evict_idle()
+        return name
+
+    def _release(self, request: Request) -> None:
+        with self._lock:
+            self._requests -= 1
+        if not request.pinned:
+            return
+        request.pinned = False
+        assert request.adapter is not None
+        name = request.adapter[0]
+        loaded = self._adapters[name]
+        loaded.users -= 1
+        if loaded.doomed and not loaded.users:
+            self._delete(name)
+        self._evict_idle()
+
+    def _load(self, name: str, path: Path) -> _LoadedAdapter:
+        started = time.perf_counter()
+        # PEFT names become module names, which can't hold "." (think "ft:model-1.5b:..."), and
+        # it warns about names inside "lora_"; equal-length names are never inside each other either.
+        peft_name = f"adapter{next(self._loads):08d}"
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self._base, path, adapter_name=peft_name)
+            self._peft.eval()
+        else:
+            try:
+                self._peft.load_adapter(path, adapter_name=peft_name)
+            except Exception:
+                # Leave no half-loaded adapter behind to break later requests.
+                if peft_name in self._peft.peft_config:
+                    self._peft.delete_adapter(peft_name)
+                raise
+        loaded = self._adapters[name] = _LoadedAdapter(path, peft_name)
+        logger.info("loaded adapter %s from %s in %.2f s", name, path, time.perf_counter() - started)
+        return loaded
+
+    def _unload(self, name: str) -> None:
+        loaded = self._adapters.get(name)
+        if loaded is None:
+            return
+        if loaded.users:
+            loaded.doomed = True
+        else:
+            self._delete(name)
+
+    def _evict_idle(self) -> None:
+        # New adapters load before old ones go, so PEFT always has one while wrapped.
+        excess = len(self._adapters) - self._max_adapters
+        for name in [n for n, a in self._adapters.items() if not a.users][: max(excess, 0)]:
+            self._delete(name)
+
+    def _delete(self, name: str) -> None:
+        assert self._peft is not None
+        peft_name = self._adapters.pop(name).peft_name
+        if self._adapters:
+            # Activate a survivor first, or PEFT warns that it picks one itself.
+            self._peft.set_adapter(next(iter(self._adapters.values())).peft_name, inference_mode=True)
+        self._peft.delete_adapter(peft_name)
+        if not self._adapters:
+            # A PeftModel without adapters can't run forward; unwrap to the plain base model.
+            self._base = self._peft.unload()
+            self._peft = None
+        logger.info("unloaded adapter %s", name)
+
+
+def _iterate(request: Request, events: queue.SimpleQueue[Event]) -> Iterator[Delta]:
+    unfinished = request.params.n  # counted here: the scheduler's count may run ahead of the queue
+    try:
+        while unfinished:
+            event = events.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if event.finish_reason is not None:
+                unfinished -= 1
+    finally:
+        request.cancel()  # a no-op once it has finished
