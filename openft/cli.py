@@ -88,6 +88,7 @@ def serve_command(settings: Settings, host: str, port: int) -> int:
         f"or export OPENAI_BASE_URL=http://{url_host}:{port}/v1",
         flush=True,
     )
+    services.chat.preload()
     worker = services.new_worker() if settings.embedded_worker else None
     if worker is not None:
         worker.start()

@@ -58,7 +58,35 @@ class Settings(BaseSettings):
     checkpoints_kept: int = Field(3, description="Epoch checkpoints kept per job, newest first.")
     training_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     inference_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda' for chat.")
-    max_loaded_adapters: int = Field(8, description="LoRA adapters kept in memory per base model (LRU).")
+    inference_dtype: str = Field(
+        "auto",
+        description="Number format of served models: 'auto' (bfloat16 on CUDA, float32 on a CPU), 'float32', "
+        "'bfloat16' or 'float16'.",
+    )
+    preload_models: str = Field(
+        "all",
+        description="Base models loaded for chat when `openft serve` starts, in the background: 'all', a "
+        "comma-separated list of ids, or empty (each loads on its first request).",
+    )
+    max_loaded_adapters: int = Field(8, ge=1, description="LoRA adapters kept in memory per base model (LRU).")
+    max_batch_size: int = Field(
+        16, ge=1, description="Sequences (choices) decoded together in one forward pass, per base model."
+    )
+    prefill_chunk_tokens: int = Field(
+        256, ge=1, description="Prompt tokens computed per scheduler step while other sequences decode."
+    )
+    max_requests_in_flight: int = Field(
+        256, ge=1, description="Chat and completion requests admitted at once, all organizations; more get 429."
+    )
+    max_requests_in_flight_per_organization: int = Field(
+        64, ge=1, description="Chat and completion requests one organization may have admitted at once; more get 429."
+    )
+    max_tokens_per_request: int = Field(
+        131072,
+        ge=1,
+        description="Most tokens one request may ask for: prompt plus completion budget, times n, summed over prompts.",
+    )
+    max_completion_prompts: int = Field(64, ge=1, description="Most prompts in one POST /v1/completions.")
     default_max_tokens: int = Field(
         512,
         ge=0,
@@ -96,6 +124,10 @@ class Settings(BaseSettings):
         return models
 
     @property
+    def preload_model_ids(self) -> list[str]:
+        return [name.strip() for name in self.preload_models.split(",") if name.strip()]
+
+    @property
     def single_user(self) -> bool:
         return not self.api_key_organizations
 
@@ -106,7 +138,3 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.models_dir_override or self.data_dir / "models"
-
-    @property
-    def organization_slugs(self) -> list[str]:
-        return sorted(set(self.api_key_organizations.values())) or [DEFAULT_ORGANIZATION]

@@ -16,6 +16,10 @@ class ServiceError(Exception):
         self.param = param
         self.code = code
 
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with the error body."""
+        return {}
+
 
 class InvalidRequest(ServiceError):
     status = 400
@@ -31,6 +35,20 @@ class NotFound(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     status = 413
+
+
+class RateLimited(ServiceError):
+    """Over a limit: answered 429 with `Retry-After`, which the SDKs honour when they retry."""
+
+    status = 429
+    type = "requests"
+
+    def __init__(self, message: str, *, retry_after_seconds: int, code: str = "rate_limit_exceeded") -> None:
+        super().__init__(message, code=code)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_seconds)}
 
 
 class ServerError(ServiceError):

@@ -69,6 +69,7 @@ def start_server(data_dir: Path, **env_overrides: str) -> LiveServer:
         "OPENFT_MODELS_DIR": str(MODEL_CACHE),
         "OPENFT_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
+        "OPENFT_PRELOAD_MODELS": "",  # each test server loads what it chats with, when it does
         **env_overrides,
     }
     log_path = data_dir / f"server-{port}.log"

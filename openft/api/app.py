@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
@@ -20,8 +22,9 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(v1)
 
     @app.get("/health", include_in_schema=False)
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        """Up; and each base model's load state and its scheduler's figures (running, waiting, ...)."""
+        return {"status": "ok", **services.chat.status()}
 
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)

@@ -39,6 +39,7 @@ def _mask(token: str) -> str:
     return token[:3] + "*" * 4 + token[-4:] if len(token) > 8 else "*" * len(token)
 
 
-def current_caller(request: Request) -> Caller:
+async def current_caller(request: Request) -> Caller:
+    """Async, so that it runs on the event loop: a busy thread pool can't delay authentication."""
     settings: Settings = request.app.state.services.settings
     return authenticate(settings, request.headers.get("authorization"))

@@ -30,9 +30,10 @@ def error_response(
     type: str = "invalid_request_error",
     param: str | None = None,
     code: str | None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code))
-    return JSONResponse(body.model_dump(), status_code=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -42,7 +43,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _service_error(_request: Request, error: ServiceError) -> JSONResponse:
-    return error_response(error.status, error.message, type=error.type, param=error.param, code=error.code)
+    return error_response(
+        error.status, error.message, type=error.type, param=error.param, code=error.code, headers=error.headers()
+    )
 
 
 async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from starlette.concurrency import iterate_in_threadpool
 
 from openft.api.errors import INTERNAL_ERROR_MESSAGE
 from openft.errors import ServiceError
@@ -18,14 +19,16 @@ from openft.protocol.common import ErrorDetail, ErrorResponse
 log = logging.getLogger(__name__)
 
 
-def event_stream(chunks: Iterator[BaseModel]) -> StreamingResponse:
+def event_stream(chunks: AsyncGenerator[Any, None]) -> StreamingResponse:
+    """A response that stops `chunks` (cancelling its generation) when the client disconnects."""
     return StreamingResponse(_frames(chunks), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
-async def _frames(chunks: Iterator[BaseModel]) -> AsyncIterator[str]:
+async def _frames(chunks: AsyncGenerator[BaseModel, None]) -> AsyncIterator[str]:
     try:
-        async for chunk in iterate_in_threadpool(chunks):  # generation blocks: keep it off the event loop
-            yield f"data: {chunk.model_dump_json()}\n\n"
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield f"data: {chunk.model_dump_json()}\n\n"
     except ServiceError as error:
         yield _error_frame(ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code))
         return

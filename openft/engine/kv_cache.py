@@ -32,16 +32,17 @@ class BatchCache:
     def add(self, row_cache: DynamicCache, length: int, copies: int) -> None:
         """Append `copies` rows continuing a one-row cache of `length` tokens (its prefill's)."""
         layers = _layers(row_cache)
-        device = layers[0].keys.device
+        device = self.mask.device
         if self.cache is None:  # copies the tensors: the row's cache may serve more rows later
-            self.cache = DynamicCache([(_repeat(layer.keys, copies), _repeat(layer.values, copies)) for layer in layers])
+            self.cache = DynamicCache([(_repeat(keys, copies), _repeat(values, copies)) for _, keys, values in layers])
+            device = layers[0][1].device
             self.mask = torch.ones(copies, length, dtype=torch.long, device=device)
             self.lengths = [length] * copies
             return
         width = max(self.mask.shape[1], length)
-        for mine, theirs in zip(_layers(self.cache), layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width, copies)])
-            mine.values = torch.cat([_pad_left(mine.values, width), _pad_left(theirs.values, width, copies)])
+        for (layer, keys, values), (_, new_keys, new_values) in zip(_layers(self.cache), layers, strict=True):
+            layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width, copies)])
+            layer.values = torch.cat([_pad_left(values, width), _pad_left(new_values, width, copies)])
         new_mask = torch.ones(copies, length, dtype=torch.long, device=device)
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new_mask, width)])
         self.lengths += [length] * copies
@@ -55,9 +56,9 @@ class BatchCache:
         index = torch.tensor(rows, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         start = int(mask.any(0).long().argmax())  # the first column some row still uses
-        for layer in _layers(self.cache):
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:].contiguous()
-            layer.values = layer.values.index_select(0, index)[:, :, start:].contiguous()
+        for layer, keys, values in _layers(self.cache):
+            layer.keys = keys.index_select(0, index)[:, :, start:].contiguous()
+            layer.values = values.index_select(0, index)[:, :, start:].contiguous()
         self.mask = mask[:, start:].contiguous()
         self.lengths = [self.lengths[i] for i in rows]
 
@@ -73,12 +74,15 @@ class BatchCache:
         self.lengths = [length + 1 for length in self.lengths]
 
 
-def _layers(cache: DynamicCache) -> list[DynamicLayer]:
-    layers = list(cache.layers)
-    for layer in layers:
+def _layers(cache: DynamicCache) -> list[tuple[DynamicLayer, torch.Tensor, torch.Tensor]]:
+    """(layer, keys, values) of each layer."""
+    layers = []
+    for layer in cache.layers:
         # A sliding-window layer keeps only its last tokens, which breaks left padding.
         if type(layer) is not DynamicLayer:
             raise ValueError(f"batched generation needs full-attention cache layers, not {type(layer).__name__}")
+        assert layer.keys is not None and layer.values is not None
+        layers.append((layer, layer.keys, layer.values))
     return layers
 
 

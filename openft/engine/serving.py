@@ -266,7 +266,9 @@ class ModelServer:
             texts[i].append(delta.text)
             entries[i].extend(delta.logprobs or [])
             if delta.finish_reason is not None:
-                choices.append(Choice(i, "".join(texts[i]), delta.finish_reason, entries[i] if params.logprobs else None))
+                choices.append(
+                    Choice(i, "".join(texts[i]), delta.finish_reason, entries[i] if params.logprobs else None)
+                )
                 completion_tokens += delta.completion_tokens
         choices.sort(key=lambda choice: choice.index)
         return GenerationResult(choices, len(prompt_ids), completion_tokens)
@@ -455,7 +457,9 @@ class ModelServer:
             positions = torch.arange(unit.done, unit.done + len(chunk), device=self.device).unsqueeze(0)
             if unit.cache is None:
                 unit.cache = DynamicCache()
-            out = self._forward([self._adapter_of(unit.request)], input_ids=ids, position_ids=positions, cache=unit.cache)
+            out = self._forward(
+                [self._adapter_of(unit.request)], input_ids=ids, position_ids=positions, cache=unit.cache
+            )
             unit.done += len(chunk)
             self._counters.prefilled_tokens += len(chunk)
             if unit.done == len(unit.tokens):
@@ -500,10 +504,8 @@ class ModelServer:
             "use_cache": True,
             "logits_to_keep": 1,  # a long prompt's (tokens x vocab) logits would be large and unused
         }
-        if self._peft is not None:
-            out = self._peft(**arguments, adapter_names=adapters)
-        else:
-            out = self._base(**arguments)
+        model = self._peft if self._peft is not None else self._base
+        out = model(**arguments, adapter_names=adapters) if self._peft is not None else model(**arguments)
         return out.logits[:, -1]
 
     def _adapter_of(self, request: Request) -> str:

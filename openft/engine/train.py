@@ -19,7 +19,6 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from openft.engine.convert import atomic_dir
-from openft.engine.devices import resolve_device
 from openft.engine.data import (
     IGNORE_INDEX,
     Batch,
@@ -28,6 +27,7 @@ from openft.engine.data import (
     epoch_batches,
     tokenize_example,
 )
+from openft.engine.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ class SamplingRequest(BaseModel):
     model: str
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int | None = Field(None, ge=1, le=16)
+    n: int | None = Field(None, ge=1, le=128)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool | None = False

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from openft.blobs import BlobStore
 from openft.config import Settings
 from openft.service.catalog import ModelCatalog
+from openft.service.chat import ChatService
 from openft.service.files import FileService
-from openft.service.inference import InferenceService
 from openft.service.jobs import JobService
 from openft.service.models import BaseModelRegistry
 from openft.service.uploads import UploadService
@@ -26,12 +26,13 @@ class Services:
     base_models: BaseModelRegistry
     jobs: JobService
     models: ModelCatalog
-    inference: InferenceService
+    chat: ChatService
 
     def new_worker(self) -> Worker:
         return Worker(self.settings, self.database, self.blobs, self.files, self.base_models)
 
     def close(self) -> None:
+        self.chat.close()
         self.database.dispose()
 
 
@@ -53,5 +54,5 @@ def build_services(settings: Settings) -> Services:
         base_models=base_models,
         jobs=JobService(database, files, base_models, settings),
         models=catalog,
-        inference=InferenceService(catalog, base_models, settings),
+        chat=ChatService(catalog, base_models, settings),
     )
