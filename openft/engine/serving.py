@@ -25,6 +25,7 @@ on the scheduler thread and must be quick (hand the event over, don't compute).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -209,8 +210,9 @@ class ModelServer:
         return self.stats().loaded_adapters
 
     def stats(self) -> ServerStats:
+        """As of the end of the last scheduler step; `requests` as of now."""
         with self._lock:
-            return self._snapshot
+            return dataclasses.replace(self._snapshot, requests=self._requests)
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         """Token ids to generate the next assistant turn from, rendered as training does."""

@@ -207,3 +207,30 @@ def test_delete_then_404(client: openai.OpenAI, training_server: LiveServer) -> 
     with pytest.raises(openai.BadRequestError) as raised:
         client.models.delete("tiny")
     assert raised.value.code == "base_model_not_deletable"
+
+
+def test_a_request_answers_as_alone_while_seven_others_with_other_models_run(
+    client: openai.OpenAI, jobs: list[Any]
+) -> None:
+    checkpoints = [client.fine_tuning.jobs.checkpoints.list(j.id).data[-1].fine_tuned_model_checkpoint for j in jobs]
+    models = ["tiny", *(job.fine_tuned_model for job in jobs), *checkpoints]
+    alone = {model: greedy(client, model, max_tokens=24).choices[0].message.content for model in models}
+    assert len(set(alone.values())) >= 3  # the adapters really differ
+    mix = [models[i % len(models)] for i in range(8)]
+    together: list[str | None] = [None] * len(mix)
+    start = threading.Barrier(len(mix))
+
+    def ask(i: int) -> None:
+        start.wait()
+        if i % 2:  # half of them streamed
+            chunks = greedy(client, mix[i], max_tokens=24, stream=True)
+            together[i] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            together[i] = greedy(client, mix[i], max_tokens=24).choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(mix))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert together == [alone[model] for model in mix]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import queue
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from openft.engine.generate import (
     _token_bytes,
 )
 from openft.engine.serving import ModelServer
+from tests.conftest import wait_until
 
 MESSAGES = [{"role": "user", "content": "Tell me about herons."}]
 GREEDY = GenerationParams(max_new_tokens=16, temperature=0)
@@ -195,7 +197,7 @@ def test_n_choices(server: ModelServer, prompt: list[int]) -> None:
     assert [c.index for c in result.choices] == [0, 1, 2]
     assert len({c.text for c in result.choices}) > 1
     assert result.completion_tokens == 24  # no eos in 8 tokens of this model
-    # Choices are generated one after the other, from one seeded stream.
+    # Each choice has its own stream seeded from the request's seed.
     assert [c.text for c in server.generate(prompt, params).choices] == [c.text for c in result.choices]
     # Each choice continues the prompt from its own copy of the KV cache.
     greedy = server.generate(prompt, dataclasses.replace(GREEDY, n=2))
@@ -332,3 +334,54 @@ def test_sample_follows_top_p() -> None:
     assert counts[1] / 4000 == pytest.approx(0.5 / 0.8, abs=0.03)
     counts = Counter(_sample(probs, 1.0, generator) for _ in range(4000))
     assert counts[0] / 4000 == pytest.approx(0.05, abs=0.015)
+
+
+def test_a_cancelled_request_leaves_the_batch(server: ModelServer, prompt: list[int]) -> None:
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    cancelled = server.stats().cancelled
+    request = server.submit(prompt, GenerationParams(max_new_tokens=2000, temperature=0), events.put)
+    assert isinstance(events.get(timeout=60), Delta)
+    request.cancel()
+    wait_until(lambda: server.stats().cancelled == cancelled + 1, timeout=30, what="the cancel")
+    assert server.stats().running == 0 and server.stats().requests == 0
+
+
+def test_a_key_with_nothing_running_takes_a_row_and_the_taken_row_resumes_unchanged(
+    lively_dir: Path, prompt: list[int]
+) -> None:
+    server = ModelServer(lively_dir, max_batch_size=2)
+    params = GenerationParams(max_new_tokens=300, temperature=0)
+    alone = server.generate(prompt, params).choices[0].text
+    busy: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in range(3)]
+    for events in busy:
+        server.submit(prompt, params, events.put, key="a")
+    wait_until(lambda: server.stats().running == 2, timeout=30, what="key a to fill the batch")
+    short = server.generate(prompt, GenerationParams(max_new_tokens=4, temperature=0), key="b")
+    assert short.completion_tokens == 4
+    assert server.stats().preempted == 1 and server.stats().requests == 3  # b did not wait for a's three
+    texts = ["".join(event.text for event in _drain(events)) for events in busy]
+    assert texts == [alone] * 3  # the row taken out recomputed its cache and went on as before
+
+
+def test_long_prompts_are_prefilled_in_chunks_between_decode_steps(lively_dir: Path, server: ModelServer) -> None:
+    chunked = ModelServer(lively_dir, prefill_chunk_tokens=4)
+    long_prompt = chunked.chat_prompt([{"role": "user", "content": "Tell me about herons and egrets. " * 6}])
+    assert len(long_prompt) > 60
+    running: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    chunked.submit(long_prompt, GenerationParams(max_new_tokens=1000, temperature=0), running.put)
+    running.get(timeout=60)
+    steps_before = chunked.stats().steps
+    result = chunked.generate(long_prompt, GREEDY)
+    # The running request kept decoding, a step per chunk, while the long prompt was prefilled.
+    assert chunked.stats().steps - steps_before >= len(long_prompt) // 4
+    assert result.choices[0].text == server.generate(long_prompt, GREEDY).choices[0].text
+    chunked.close()
+
+
+def _drain(events: queue.SimpleQueue[Any]) -> list[Delta]:
+    deltas: list[Delta] = []
+    while not deltas or deltas[-1].finish_reason is None:
+        event = events.get(timeout=120)
+        assert isinstance(event, Delta), event
+        deltas.append(event)
+    return deltas
