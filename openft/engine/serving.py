@@ -10,9 +10,9 @@ adapters loaded into it through PEFT, and owns it from one scheduler thread. Any
 2. prefills one prompt a chunk at a time (`prefill_chunk_tokens`), so a long prompt delays the
    running rows by one chunk per step, never by its whole length; the `n` choices of a request
    share that one prefill and join the batch as rows copying its cache;
-3. runs one forward pass over every running row, each through its own adapter (PEFT's mixed
-   batch: `adapter_names`, "__base__" for the base model), and hands each row's logits to its
-   `Decoding`. Finished and cancelled rows leave the batch and free their cache at once.
+3. runs one forward pass over every running row, each through its own adapter (`MultiLora`:
+   every loaded adapter's matrices side by side, masked per row), and hands each row's logits to
+   its `Decoding`. Finished and cancelled rows leave the batch and free their cache at once.
 
 Seeded sampling gives each choice its own random stream, so a request's output does not depend on
 what runs beside it; greedy output equals what the request gets alone (up to float rounding of
@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from openft.engine.data import render_completion_prompt, render_prompt
@@ -57,12 +56,12 @@ from openft.engine.generate import (
     choice_generator,
 )
 from openft.engine.kv_cache import BatchCache
+from openft.engine.lora import BASE_SLOT, MultiLora
 
 logger = logging.getLogger(__name__)
 
 AdapterRef = tuple[str, Path]  # (name, PEFT adapter dir); the name identifies the weights
 Event = Delta | BaseException  # what a request's callback receives; an exception ends the request
-BASE = "__base__"  # PEFT's adapter name for rows that use the base model alone
 
 
 class ServerClosed(RuntimeError):
@@ -134,7 +133,7 @@ class _Unit:
 @dataclass
 class _LoadedAdapter:
     path: Path
-    peft_name: str
+    slot: int  # in MultiLora
     users: int = 0  # unfinished requests; pinned while > 0
     doomed: bool = False  # unload requested while in use: delete when the last user is done
 
@@ -169,9 +168,8 @@ class ModelServer:
         base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=self.dtype, device_map=self.device)
         assert isinstance(base, PreTrainedModel)
         self._base = base.eval()
-        self._peft: PeftModel | None = None  # wraps _base while any adapter is loaded
+        self._lora = MultiLora(self._base)
         self._adapters: OrderedDict[str, _LoadedAdapter] = OrderedDict()  # least recently used first
-        self._loads = itertools.count(1)
         self._max_adapters = max_loaded_adapters
         self._max_rows = max_batch_size
         self._chunk = prefill_chunk_tokens
@@ -490,7 +488,7 @@ class ModelServer:
 
     def _forward(
         self,
-        adapters: list[str],
+        adapters: list[int],
         *,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
@@ -506,12 +504,12 @@ class ModelServer:
             "use_cache": True,
             "logits_to_keep": 1,  # a long prompt's (tokens x vocab) logits would be large and unused
         }
-        model = self._peft if self._peft is not None else self._base
-        out = model(**arguments, adapter_names=adapters) if self._peft is not None else model(**arguments)
+        self._lora.use(adapters)
+        out = self._base(**arguments)
         return out.logits[:, -1]
 
-    def _adapter_of(self, request: Request) -> str:
-        return self._adapters[request.adapter[0]].peft_name if request.adapter is not None else BASE
+    def _adapter_of(self, request: Request) -> int:
+        return self._adapters[request.adapter[0]].slot if request.adapter is not None else BASE_SLOT
 
     def _keep_rows(self, keep: list[int]) -> None:
         self._batch.keep(keep)
@@ -593,21 +591,7 @@ class ModelServer:
 
     def _load(self, name: str, path: Path) -> _LoadedAdapter:
         started = time.perf_counter()
-        # PEFT names become module names, which can't hold "." (think "ft:model-1.5b:..."), and
-        # it warns about names inside "lora_"; equal-length names are never inside each other either.
-        peft_name = f"adapter{next(self._loads):08d}"
-        if self._peft is None:
-            self._peft = PeftModel.from_pretrained(self._base, path, adapter_name=peft_name)
-            self._peft.eval()
-        else:
-            try:
-                self._peft.load_adapter(path, adapter_name=peft_name)
-            except Exception:
-                # Leave no half-loaded adapter behind to break later requests.
-                if peft_name in self._peft.peft_config:
-                    self._peft.delete_adapter(peft_name)
-                raise
-        loaded = self._adapters[name] = _LoadedAdapter(path, peft_name)
+        loaded = self._adapters[name] = _LoadedAdapter(path, self._lora.load(path))
         logger.info("loaded adapter %s from %s in %.2f s", name, path, time.perf_counter() - started)
         return loaded
 
@@ -621,22 +605,12 @@ class ModelServer:
             self._delete(name)
 
     def _evict_idle(self) -> None:
-        # New adapters load before old ones go, so PEFT always has one while wrapped.
         excess = len(self._adapters) - self._max_adapters
         for name in [n for n, a in self._adapters.items() if not a.users][: max(excess, 0)]:
             self._delete(name)
 
     def _delete(self, name: str) -> None:
-        assert self._peft is not None
-        peft_name = self._adapters.pop(name).peft_name
-        if self._adapters:
-            # Activate a survivor first, or PEFT warns that it picks one itself.
-            self._peft.set_adapter(next(iter(self._adapters.values())).peft_name, inference_mode=True)
-        self._peft.delete_adapter(peft_name)
-        if not self._adapters:
-            # A PeftModel without adapters can't run forward; unwrap to the plain base model.
-            self._base = self._peft.unload()
-            self._peft = None
+        self._lora.unload(self._adapters.pop(name).slot)
         logger.info("unloaded adapter %s", name)
 
 

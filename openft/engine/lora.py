@@ -1,0 +1,142 @@
+"""Many LoRA adapters on one frozen base model, each row of a batch through its own.
+
+PEFT's mixed-batch forward loops over the adapters present in every LoRA layer (indexing the
+rows of each, in Python), which on a CPU cost more than the base model's own matrix products
+once a batch mixes a few adapters. Here every adapted `Linear` gets one forward hook that adds
+`((x @ A) * mask) @ B` to its output, where `A` and `B` hold every loaded adapter's matrices side
+by side (`B` scaled by alpha / r) and `mask` keeps, for each row, only the columns of that row's
+adapter: two small matrix products per layer, however many adapters the batch mixes.
+
+Adapters are read from PEFT's saved format (`adapter_config.json`, `adapter_model.safetensors`):
+plain LoRA on linear layers, which is what openft trains. Slot 0 is the base model alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+BASE_SLOT = 0
+_PREFIX = "base_model.model."
+
+
+@dataclass
+class _Layer:
+    """The adapters of one Linear: per slot (A [in, r], B [r, out] scaled), and their concatenation."""
+
+    module: nn.Linear
+    parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    a: torch.Tensor | None = None  # [in, R]
+    b: torch.Tensor | None = None  # [R, out]
+    columns: torch.Tensor | None = None  # [slots, R]: 1 where a column belongs to the slot
+    hook: RemovableHandle | None = None
+
+
+class MultiLora:
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        self._modules = dict(model.named_modules())
+        self._layers: dict[str, _Layer] = {}
+        self._slots: set[int] = set()
+        self._rows: torch.Tensor | None = None  # slot of each row in the next forward; None: all base
+        self._single: int | None = None  # the one slot every row uses, when they all use one
+
+    def load(self, path: Path) -> int:
+        """Load the adapter saved in `path` into a free slot and return the slot."""
+        weights = _read(path, self._model)
+        slot = next(i for i in range(1, len(self._slots) + 2) if i not in self._slots)
+        for name, (a, b) in weights.items():
+            layer = self._layers.get(name)
+            if layer is None:
+                module = self._modules.get(name)
+                if not isinstance(module, nn.Linear):
+                    raise ValueError(f"{path}: the base model has no linear layer {name}")
+                layer = self._layers[name] = _Layer(module)
+            layer.parts[slot] = (a, b)
+        self._slots.add(slot)
+        self._rebuild()
+        return slot
+
+    def unload(self, slot: int) -> None:
+        self._slots.discard(slot)
+        for layer in self._layers.values():
+            layer.parts.pop(slot, None)
+        self._rebuild()
+
+    def use(self, slots: list[int]) -> None:
+        """The slot of each row of the next forward passes."""
+        self._single = slots[0] if len(set(slots)) == 1 else None
+        if all(slot == BASE_SLOT for slot in slots):
+            self._rows = None
+        else:
+            device = next(iter(self._layers.values())).module.weight.device
+            self._rows = torch.tensor(slots, device=device)
+
+    def _rebuild(self) -> None:
+        """Concatenate each layer's adapters, and hook the layers that have any (only those)."""
+        size = max(self._slots, default=0) + 1
+        for name, layer in list(self._layers.items()):
+            if not layer.parts:
+                if layer.hook is not None:
+                    layer.hook.remove()
+                del self._layers[name]
+                continue
+            items = sorted(layer.parts.items())
+            layer.a = torch.cat([a for _, (a, _) in items], dim=1)
+            layer.b = torch.cat([b for _, (_, b) in items], dim=0)
+            layer.columns = torch.zeros(size, layer.a.shape[1], dtype=layer.a.dtype, device=layer.a.device)
+            start = 0
+            for slot, (a, _) in items:
+                layer.columns[slot, start : start + a.shape[1]] = 1
+                start += a.shape[1]
+            if layer.hook is None:
+                layer.hook = layer.module.register_forward_hook(self._hook_for(layer))
+
+    def _hook_for(self, layer: _Layer):  # type: ignore[no-untyped-def]
+        def add_lora(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+            rows = self._rows
+            if rows is None:
+                return output
+            if self._single is not None:  # no mask needed: the common case of one adapter, or one request
+                part = layer.parts.get(self._single)
+                return output if part is None else output + (inputs[0] @ part[0]) @ part[1]
+            assert layer.a is not None and layer.b is not None and layer.columns is not None
+            mask = layer.columns[rows].unsqueeze(1)  # [batch, 1, R]
+            return output + ((inputs[0] @ layer.a) * mask) @ layer.b
+
+        return add_lora
+
+
+def _read(path: Path, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name: (A [in, r], B [r, out] x scale)} of a PEFT LoRA adapter, in the model's dtype."""
+    config = json.loads((path / "adapter_config.json").read_text())
+    unsupported = [
+        key
+        for key in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "layers_to_transform")
+        if config.get(key)
+    ]
+    if config.get("peft_type", "LORA") != "LORA" or config.get("bias", "none") != "none" or unsupported:
+        raise ValueError(f"{path}: only plain LoRA adapters can be served (not {unsupported or config.get('bias')})")
+    r = int(config["r"])
+    scale = config["lora_alpha"] / (math.sqrt(r) if config.get("use_rslora") else r)
+    tensors = load_file(str(path / "adapter_model.safetensors"))
+    parameter = next(model.parameters())
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, a in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            if not key.endswith(".lora_B.weight"):
+                raise ValueError(f"{path}: unexpected tensor {key}")
+            continue
+        name = key.removesuffix(".lora_A.weight").removeprefix(_PREFIX)
+        b = tensors[key.replace(".lora_A.", ".lora_B.")]
+        a_t = a.t().to(parameter.device, parameter.dtype).contiguous()
+        b_t = (b.t() * scale).to(parameter.device, parameter.dtype).contiguous()
+        weights[name] = (a_t, b_t)
+    return weights
