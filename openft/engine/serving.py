@@ -448,27 +448,27 @@ class ModelServer:
 
     @torch.inference_mode()
     def _prefill(self) -> None:
-        """Prefill a chunk of the current unit; more while nothing decodes, as no one waits then."""
-        unit = self._prefilling
-        assert unit is not None
-        while True:
-            chunk = unit.tokens[unit.done : unit.done + self._chunk]
+        """Prefill up to a chunk of prompt tokens between two decode steps: of the current unit,
+        then of the next ones admitted (short prompts arriving together join in one step); with
+        nothing decoding, until no unit is left, as no one waits then."""
+        budget = self._chunk
+        while self._prefilling is not None and (budget > 0 or not self._rows):
+            unit = self._prefilling
+            chunk = unit.tokens[unit.done : unit.done + (budget if budget > 0 else self._chunk)]
             ids = torch.tensor([chunk], device=self.device)
             positions = torch.arange(unit.done, unit.done + len(chunk), device=self.device).unsqueeze(0)
             if unit.cache is None:
                 unit.cache = DynamicCache()
-            out = self._forward(
-                [self._adapter_of(unit.request)], input_ids=ids, position_ids=positions, cache=unit.cache
-            )
+            adapter = [self._adapter_of(unit.request)]
+            out = self._forward(adapter, input_ids=ids, position_ids=positions, cache=unit.cache)
             unit.done += len(chunk)
+            budget -= len(chunk)
             self._counters.prefilled_tokens += len(chunk)
             if unit.done == len(unit.tokens):
                 unit.logits = out[0].float()
                 self._prefilling = None
                 self._join(unit, self._free_rows())
-                return
-            if self._rows:
-                return
+                self._admit()
 
     @torch.inference_mode()
     def _decode(self) -> None:
