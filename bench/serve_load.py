@@ -217,13 +217,15 @@ def main() -> None:
     print(f"single stream, base model:     {base_rate:7.1f} tok/s   (decode, after the first token)")
     print(f"transformers.generate:         {hf_rate:7.1f} tok/s   <- baseline; target: single stream >= baseline")
     print(
-        f"single stream, via an adapter: {adapter_rate:7.1f} tok/s   = {adapter_rate / base_rate:.2f}x base; target >= 0.9x"
+        f"single stream, via an adapter: {adapter_rate:7.1f} tok/s   = {adapter_rate / base_rate:.2f}x base;"
+        " target >= 0.9x"
     )
     single_rate = rows[0][1] if rows[0][0] == 1 else base_rate
     print("\nstreams  aggregate tok/s  x single  TTFT p50  TTFT p99  GET /v1/models p50  p99   (4 adapters + base)")
     for count, rate, ttft, latencies in rows:
         print(
-            f"{count:7d}  {rate:15.1f}  {rate / single_rate:8.2f}  {percentile(ttft, 0.5):7.2f}s  {percentile(ttft, 0.99):7.2f}s"
+            f"{count:7d}  {rate:15.1f}  {rate / single_rate:8.2f}"
+            f"  {percentile(ttft, 0.5):7.2f}s  {percentile(ttft, 0.99):7.2f}s"
             f"  {1000 * percentile(latencies, 0.5):16.1f}ms  {1000 * percentile(latencies, 0.99):5.1f}ms"
         )
     print("targets: 8 streams >= 4x single; GET /v1/models p99 < 100 ms under the largest load")
