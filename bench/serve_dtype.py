@@ -4,47 +4,56 @@ streams through the engine (no HTTP), and how far the greedy answers of the two 
     .venv/bin/python bench/serve_dtype.py
 """
 
+from __future__ import annotations
+
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from openft.engine.generate import GenerationParams
+from openft.engine.generate import Choice, GenerationParams
 from openft.engine.serving import ModelServer
 
-d = Path(__file__).resolve().parent.parent / ".cache" / "test-models" / "smollm2-135m-instruct"
-prompts_text = [
+MODEL_DIR = Path(__file__).resolve().parent.parent / ".cache" / "test-models" / "smollm2-135m-instruct"
+QUESTIONS = [
     "Write a long, detailed story about a lighthouse keeper.",
     "Explain how rain forms.",
     "What is the capital of France?",
     "List three uses of copper.",
 ]
-res = {}
-for dtype in ("float32", "bfloat16"):
-    s = ModelServer(d, dtype=dtype)
-    ps = [s.chat_prompt([{"role": "user", "content": t}]) for t in prompts_text]
-    g = GenerationParams(max_new_tokens=128, temperature=0, logprobs=True)
-    s.generate(ps[0], GenerationParams(max_new_tokens=2, temperature=0))
-    t = time.time()
-    r = s.generate(ps[0], GenerationParams(max_new_tokens=128, temperature=0))
-    single = r.completion_tokens / (time.time() - t)
-    t = time.time()
-    with ThreadPoolExecutor(8) as ex:
-        toks = list(
-            ex.map(
-                lambda i: s.generate(ps[0], GenerationParams(max_new_tokens=128, temperature=0)).completion_tokens,
-                range(8),
-            )
+GREEDY = GenerationParams(max_new_tokens=128, temperature=0)
+
+
+def measure(dtype: str) -> list[Choice]:
+    server = ModelServer(MODEL_DIR, dtype=dtype)
+    prompts = [server.chat_prompt([{"role": "user", "content": question}]) for question in QUESTIONS]
+    server.generate(prompts[0], GenerationParams(max_new_tokens=2, temperature=0))
+    started = time.perf_counter()
+    single = server.generate(prompts[0], GREEDY).completion_tokens / (time.perf_counter() - started)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        tokens = sum(pool.map(lambda _: server.generate(prompts[0], GREEDY).completion_tokens, range(8)))
+    total = tokens / (time.perf_counter() - started)
+    print(f"{dtype:9s} one stream {single:5.1f} tok/s, 8 streams {total:5.1f} tok/s in total ({total / single:.2f}x)")
+    with_logprobs = GenerationParams(max_new_tokens=128, temperature=0, logprobs=True)
+    answers = [server.generate(prompt, with_logprobs).choices[0] for prompt in prompts]
+    server.close()
+    return answers
+
+
+def mean_logprob(choice: Choice) -> float:
+    entries = choice.logprobs or []
+    return sum(entry.logprob for entry in entries) / max(len(entries), 1)
+
+
+def main() -> None:
+    full, half = measure("float32"), measure("bfloat16")
+    for i, (a, b) in enumerate(zip(full, half, strict=True)):
+        same = next((k for k in range(min(len(a.text), len(b.text))) if a.text[k] != b.text[k]), len(a.text))
+        print(
+            f"question {i}: same text for {same}/{len(a.text)} characters; mean logprob of its own greedy tokens"
+            f" float32 {mean_logprob(a):.3f}, bfloat16 {mean_logprob(b):.3f}"
         )
-    agg = sum(toks) / (time.time() - t)
-    outs = [s.generate(p, g).choices[0] for p in ps]
-    res[dtype] = outs
-    print(dtype, f"single {single:.1f} tok/s, 8 streams {agg:.1f} tok/s ({agg / single:.2f}x)")
-    s.close()
-for i in range(len(prompts_text)):
-    a, b = res["float32"][i].text, res["bfloat16"][i].text
-    n = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
-    la = sum(e.logprob for e in res["float32"][i].logprobs) / len(res["float32"][i].logprobs)
-    lb = sum(e.logprob for e in res["bfloat16"][i].logprobs) / len(res["bfloat16"][i].logprobs)
-    print(
-        f"prompt {i}: same text for {n}/{len(a)} chars; mean logprob of own greedy tokens fp32 {la:.3f} bf16 {lb:.3f}"
-    )
+
+
+if __name__ == "__main__":
+    main()
