@@ -35,7 +35,7 @@ class _Layer:
     parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     a: torch.Tensor | None = None  # [in, R]
     b: torch.Tensor | None = None  # [R, out]
-    columns: torch.Tensor | None = None  # [slots, R]: 1 where a column belongs to the slot
+    layout: tuple[tuple[int, int], ...] = ()  # (slot, rank) of the columns of a, in order
     hook: RemovableHandle | None = None
 
 
@@ -47,6 +47,10 @@ class MultiLora:
         self._slots: set[int] = set()
         self._rows: torch.Tensor | None = None  # slot of each row in the next forward; None: all base
         self._single: int | None = None  # the one slot every row uses, when they all use one
+        # Layers with the same layout (every layer, for adapters that target the same modules
+        # with the same rank) share one row mask, computed once per `use`.
+        self._columns: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}  # [slots, R], 1 in a slot's columns
+        self._masks: dict[tuple[tuple[int, int], ...], torch.Tensor] = {}  # [rows, 1, R]
 
     def load(self, path: Path) -> int:
         """Load the adapter saved in `path` into a free slot and return the slot."""
@@ -75,13 +79,16 @@ class MultiLora:
         self._single = slots[0] if len(set(slots)) == 1 else None
         if all(slot == BASE_SLOT for slot in slots):
             self._rows = None
-        else:
-            device = next(iter(self._layers.values())).module.weight.device
-            self._rows = torch.tensor(slots, device=device)
+            return
+        device = next(iter(self._layers.values())).module.weight.device
+        self._rows = torch.tensor(slots, device=device)
+        if self._single is None:
+            self._masks = {layout: columns[self._rows].unsqueeze(1) for layout, columns in self._columns.items()}
 
     def _rebuild(self) -> None:
         """Concatenate each layer's adapters, and hook the layers that have any (only those)."""
         size = max(self._slots, default=0) + 1
+        self._columns = {}
         for name, layer in list(self._layers.items()):
             if not layer.parts:
                 if layer.hook is not None:
@@ -91,11 +98,9 @@ class MultiLora:
             items = sorted(layer.parts.items())
             layer.a = torch.cat([a for _, (a, _) in items], dim=1)
             layer.b = torch.cat([b for _, (_, b) in items], dim=0)
-            layer.columns = torch.zeros(size, layer.a.shape[1], dtype=layer.a.dtype, device=layer.a.device)
-            start = 0
-            for slot, (a, _) in items:
-                layer.columns[slot, start : start + a.shape[1]] = 1
-                start += a.shape[1]
+            layer.layout = tuple((slot, a.shape[1]) for slot, (a, _) in items)
+            if layer.layout not in self._columns:
+                self._columns[layer.layout] = _columns(layer.layout, size, layer.a)
             if layer.hook is None:
                 layer.hook = layer.module.register_forward_hook(self._hook_for(layer))
 
@@ -107,11 +112,21 @@ class MultiLora:
             if self._single is not None:  # no mask needed: the common case of one adapter, or one request
                 part = layer.parts.get(self._single)
                 return output if part is None else output + (inputs[0] @ part[0]) @ part[1]
-            assert layer.a is not None and layer.b is not None and layer.columns is not None
-            mask = layer.columns[rows].unsqueeze(1)  # [batch, 1, R]
-            return output + ((inputs[0] @ layer.a) * mask) @ layer.b
+            assert layer.a is not None and layer.b is not None
+            low_rank = (inputs[0] @ layer.a).mul_(self._masks[layer.layout])
+            return output.add_(low_rank @ layer.b)  # in place: nothing else holds a Linear's fresh output
 
         return add_lora
+
+
+def _columns(layout: tuple[tuple[int, int], ...], slots: int, like: torch.Tensor) -> torch.Tensor:
+    """[slots, R]: row s is 1 in the columns that belong to slot s."""
+    columns = torch.zeros(slots, sum(rank for _, rank in layout), dtype=like.dtype, device=like.device)
+    start = 0
+    for slot, rank in layout:
+        columns[slot, start : start + rank] = 1
+        start += rank
+    return columns
 
 
 def _read(path: Path, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
