@@ -16,12 +16,13 @@ import concurrent.futures
 import logging
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from openft import ids
 from openft.config import Settings
@@ -412,17 +413,12 @@ class _Slot:
 async def _generate(prepared: _Prepared, organization: str) -> AsyncGenerator[tuple[int, Delta], None]:
     """(prompt index, delta) of every prompt's choices as the engine produces them; closing the
     iterator early (or cancelling its consumer) cancels what is still generating."""
-    loop = asyncio.get_running_loop()
+    mailbox = _Mailbox.of(asyncio.get_running_loop())
     events: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-
-    def deliver(index: int, event: Any) -> None:  # on the engine's thread
-        with suppress(RuntimeError):  # the event loop is gone: the server is shutting down
-            loop.call_soon_threadsafe(events.put_nowait, (index, event))
-
     requests: list[Request] = []
     try:
         for index, prompt in enumerate(prepared.prompts):
-            on_event = partial(deliver, index)
+            on_event = partial(mailbox.post, events, index)
             requests.append(prepared.server.submit(prompt, prepared.params, on_event, prepared.adapter, organization))
         unfinished = len(prepared.prompts) * prepared.params.n
         while unfinished:
@@ -436,6 +432,41 @@ async def _generate(prepared: _Prepared, organization: str) -> AsyncGenerator[tu
     finally:
         for request in requests:
             request.cancel()
+
+
+class _Mailbox:
+    """Hands the engine's events to an event loop, waking it once for all the events that arrive
+    together (a decode step's, for every stream) rather than once per event: every wake-up of
+    another thread takes a core from the model's matrix products."""
+
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._letters: list[tuple[asyncio.Queue[tuple[int, Any]], tuple[int, Any]]] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        mailbox = cls._by_loop.get(loop)
+        if mailbox is None:
+            mailbox = cls._by_loop[loop] = cls(loop)
+        return mailbox
+
+    def post(self, events: asyncio.Queue[tuple[int, Any]], index: int, event: Any) -> None:
+        """On the engine's thread."""
+        with self._lock:
+            self._letters.append((events, (index, event)))
+            if len(self._letters) > 1:
+                return  # a delivery is already on its way
+        with suppress(RuntimeError):  # the event loop is gone: the server is shutting down
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            letters, self._letters = self._letters, []
+        for events, letter in letters:
+            events.put_nowait(letter)
 
 
 async def _streamed(
