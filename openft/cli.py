@@ -78,6 +78,14 @@ def serve_command(settings: Settings, host: str, port: int) -> int:
 
     services = build_services(settings)
     app = create_app(services)
+    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower())
+    try:
+        # Bind before anything else starts: a second `openft serve` on a busy port must not
+        # start a worker (which could claim a job) or load models before it fails.
+        sock = config.bind_socket()
+    except SystemExit:  # uvicorn has logged why (address in use, ...)
+        services.close()
+        return 3
     key_hint = "any key" if settings.single_user else "one of the keys in OPENFT_API_KEYS"
     url_host = f"[{host}]" if ":" in host else host
     print(
@@ -93,7 +101,7 @@ def serve_command(settings: Settings, host: str, port: int) -> int:
     if worker is not None:
         worker.start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         if worker is not None:
             worker.stop()

@@ -101,3 +101,12 @@ def test_jobs_follow_prints_events_until_the_end(training_server: LiveServer) ->
         "jobs", "follow", "ftjob-nope", "--base-url", training_server.base_url, "--api-key", "sk-test", env={}
     )
     assert missing.returncode == 2 and "No such fine-tuning job" in missing.stderr
+
+
+def test_a_second_serve_on_a_busy_port_starts_no_worker(server: LiveServer) -> None:
+    port = server.base_url.split(":")[-1].split("/")[0]
+    result = run_openft("serve", "--port", port, env={**server.env, "OPENFT_LOG_LEVEL": "INFO"}, timeout=60)
+    assert result.returncode == 3
+    output = result.stdout + result.stderr
+    assert "address already in use" in output.lower()
+    assert "openft is serving" not in output and " started" not in output  # no worker ran
