@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port `openft serve` listens on (`--port` overrides).")
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest file accepted by POST /files.")
+    max_json_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest JSON request body (413 over it).")
     max_upload_part_bytes: int = Field(64 * 1024 * 1024, description="Largest part of an Upload.")
     max_upload_total_bytes: int = Field(8 * 1024**3, description="Largest file assembled by an Upload.")
     upload_expiry_seconds: int = Field(3600, description="An Upload not completed by then expires.")

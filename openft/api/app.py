@@ -10,6 +10,7 @@ from openft import __version__
 from openft.api import chat, files, fine_tuning, models, uploads
 from openft.api.auth import current_caller
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
+from openft.api.json_guard import JsonBodyGuard
 from openft.service import Services
 
 
@@ -27,5 +28,6 @@ def create_app(services: Services) -> FastAPI:
         return {"status": "ok", **services.chat.status()}
 
     install_error_handlers(app)
+    app.add_middleware(JsonBodyGuard, max_bytes=services.settings.max_json_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
