@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, exists, func, insert, or_, select, update
 
 from openft.store.paging import fetch_page
 from openft.store.records import row_values
@@ -82,9 +82,18 @@ def list_jobs(
     if metadata_is_null:
         conditions.append(jobs.c.metadata.is_(None))
     for key, value in (metadata or {}).items():
-        conditions.append(jobs.c.metadata[key].as_string() == value)
+        conditions.append(_metadata_equals(connection, key, value))
     page = fetch_page(connection, jobs, conditions, after=after, limit=limit, order="desc")
     return [JobRecord.from_row(row) for row in page.rows], page.has_more
+
+
+def _metadata_equals(connection: Connection, key: str, value: str) -> Any:
+    """`metadata[key] == value` with the key bound as a value. SQLite's JSON paths can't quote
+    every key (`"` ends one), so it looks the key up among the object's entries instead."""
+    if connection.dialect.name == "sqlite":
+        entries = func.json_each(jobs.c.metadata).table_valued("key", "value")
+        return exists(select(1).select_from(entries).where(entries.c.key == key, entries.c.value == value))
+    return jobs.c.metadata[key].as_string() == value
 
 
 def update_job(

@@ -106,6 +106,9 @@ def test_seed_workflow_to_succeeded(client: openai.OpenAI, training_server: Live
     assert job.id in [j.id for j in listed]
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "seed"})] == [job.id]
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "other"})] == []
+    # Keys are bound, not spliced into a JSON path: quotes and SQL find nothing and break nothing.
+    for key in ['team" OR 1=1--', 'te"am', "team'", "$.team"]:
+        assert client.fine_tuning.jobs.list(metadata={key: "seed"}).data == []
 
     with training_server.http() as http:
         FineTuningJob.model_validate(http.get(f"/fine_tuning/jobs/{job.id}").json())
