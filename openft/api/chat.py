@@ -8,7 +8,7 @@ other requests through `cancel_on_disconnect`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
@@ -27,15 +27,21 @@ async def create_chat_completion(
     body: ChatCompletionRequest, services: ServicesDep, caller: CallerDep, request: Request
 ) -> Any:
     if body.stream:
-        return event_stream(await services.chat.chat_stream(caller.organization, body))
+        return await _stream(request, services.chat.chat_stream(caller.organization, body))
     return await cancel_on_disconnect(request, services.chat.chat(caller.organization, body))
 
 
 @router.post("/completions", response_model=None)
 async def create_completion(body: CompletionRequest, services: ServicesDep, caller: CallerDep, request: Request) -> Any:
     if body.stream:
-        return event_stream(await services.chat.complete_stream(caller.organization, body))
+        return await _stream(request, services.chat.complete_stream(caller.organization, body))
     return await cancel_on_disconnect(request, services.chat.complete(caller.organization, body))
+
+
+async def _stream(request: Request, started: Awaitable[AsyncGenerator[Any, None]]) -> Response:
+    """An event stream, once its first token is in (errors before it are plain error responses)."""
+    chunks = await cancel_on_disconnect(request, started)
+    return chunks if isinstance(chunks, Response) else event_stream(chunks)
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | Response:
@@ -45,6 +51,9 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | Resp
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this route itself was cancelled (shutdown): so is its work
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if task.done():

@@ -41,7 +41,6 @@ class _Layer:
 
 class MultiLora:
     def __init__(self, model: nn.Module) -> None:
-        self._model = model
         self._modules = dict(model.named_modules())
         self._layers: dict[str, _Layer] = {}
         self._slots: set[int] = set()
@@ -54,18 +53,18 @@ class MultiLora:
 
     def load(self, path: Path) -> int:
         """Load the adapter saved in `path` into a free slot and return the slot."""
-        weights = _read(path, self._model)
+        weights = _read(path, self._modules)  # checked whole before anything changes here
         slot = next(i for i in range(1, len(self._slots) + 2) if i not in self._slots)
         for name, (a, b) in weights.items():
-            layer = self._layers.get(name)
-            if layer is None:
-                module = self._modules.get(name)
-                if not isinstance(module, nn.Linear):
-                    raise ValueError(f"{path}: the base model has no linear layer {name}")
-                layer = self._layers[name] = _Layer(module)
-            layer.parts[slot] = (a, b)
+            module = self._modules[name]
+            assert isinstance(module, nn.Linear)
+            self._layers.setdefault(name, _Layer(module)).parts[slot] = (a, b)
         self._slots.add(slot)
-        self._rebuild()
+        try:
+            self._rebuild()
+        except BaseException:  # out of memory, say: leave no trace of the adapter
+            self.unload(slot)
+            raise
         return slot
 
     def unload(self, slot: int) -> None:
@@ -129,8 +128,9 @@ def _columns(layout: tuple[tuple[int, int], ...], slots: int, like: torch.Tensor
     return columns
 
 
-def _read(path: Path, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module name: (A [in, r], B [r, out] x scale)} of a PEFT LoRA adapter, in the model's dtype."""
+def _read(path: Path, modules: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name: (A [in, r], B [r, out] x scale)} of a PEFT LoRA adapter, in the model's dtype;
+    ValueError unless every matrix fits a linear layer of the model."""
     config = json.loads((path / "adapter_config.json").read_text())
     unsupported = [
         key
@@ -142,7 +142,6 @@ def _read(path: Path, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.T
     r = int(config["r"])
     scale = config["lora_alpha"] / (math.sqrt(r) if config.get("use_rslora") else r)
     tensors = load_file(str(path / "adapter_model.safetensors"))
-    parameter = next(model.parameters())
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, a in tensors.items():
         if not key.endswith(".lora_A.weight"):
@@ -150,8 +149,16 @@ def _read(path: Path, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.T
                 raise ValueError(f"{path}: unexpected tensor {key}")
             continue
         name = key.removesuffix(".lora_A.weight").removeprefix(_PREFIX)
-        b = tensors[key.replace(".lora_A.", ".lora_B.")]
-        a_t = a.t().to(parameter.device, parameter.dtype).contiguous()
-        b_t = (b.t() * scale).to(parameter.device, parameter.dtype).contiguous()
+        module = modules.get(name)
+        b = tensors.get(key.replace(".lora_A.", ".lora_B."))
+        if not isinstance(module, nn.Linear) or b is None:
+            raise ValueError(f"{path}: {name} is not a linear layer of the base model, or has no lora_B")
+        if a.shape != (r, module.in_features) or b.shape != (module.out_features, r):
+            raise ValueError(f"{path}: the LoRA matrices of {name} don't fit the base model's layer")
+        weight = module.weight
+        a_t = a.t().to(weight.device, weight.dtype).contiguous()
+        b_t = (b.t() * scale).to(weight.device, weight.dtype).contiguous()
         weights[name] = (a_t, b_t)
+    if not weights:
+        raise ValueError(f"{path}: the adapter has no LoRA matrices")
     return weights

@@ -201,6 +201,12 @@ class ModelServer:
         )
 
     @property
+    def closed(self) -> bool:
+        """Closed, or its scheduler stopped: it takes no more requests."""
+        with self._lock:
+            return self._closed
+
+    @property
     def context_length(self) -> int:
         """Most tokens, prompt and completion together, a request can have."""
         return self._context_length
@@ -285,7 +291,8 @@ class ModelServer:
                 return
             self._unloads.append((name, done))
             self._lock.notify()
-        done.wait()
+        while not done.wait(1.0) and self._thread.is_alive():
+            pass
 
     def close(self) -> None:
         """Stop the scheduler; unfinished requests get ServerClosed."""
@@ -301,23 +308,58 @@ class ModelServer:
     # The scheduler thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        while self._take_new_work():
+        try:
+            while self._take_new_work():
+                self._step()
+                self._publish()
+        except BaseException:  # a bug of ours: fail everything rather than leave it hanging
+            logger.exception("the scheduler of %s stopped", self._thread.name)
+            with self._lock:
+                self._closed = True
+        self._shut_down()
+
+    def _step(self) -> None:
+        """One admission, prefill and decode step. A failed model pass fails only the requests that
+        were in it; the others carry on."""
+        self._drop_cancelled()
+        self._admit()
+        if self._prefilling is not None:
             try:
-                self._drop_cancelled()
-                self._admit()
+                self._prefill()
+            except Exception as error:  # the prefill only wrote to its own unit's cache
+                logger.exception("prefill failed")
                 if self._prefilling is not None:
-                    self._prefill()
-                if self._rows:
-                    self._decode()
-            except Exception as error:  # a forward pass failed: fail what was in it, keep serving
-                logger.exception("generation step failed")
-                self._fail_all(error)
-            self._publish()
-        self._fail_all(ServerClosed("the model server is closed"))
-        self._publish()
+                    self._abort(self._prefilling.request, error)
+                    self._prefilling = None
+        if self._rows:
+            try:
+                self._decode()
+            except Exception as error:  # the batch's cache may be half-extended: drop it all
+                logger.exception("decode step failed")
+                for row in self._rows:
+                    self._abort(row.request, error)
+                self._rows = []
+                self._batch.clear()
+
+    def _shut_down(self) -> None:
+        """Fail what is left, in the scheduler's hands or still in the inbox, with ServerClosed."""
+        closed = ServerClosed("the model server is closed")
         with self._lock:
-            for _, done in self._unloads:
-                done.set()
+            stranded, self._inbox = list(self._inbox), deque()
+            unloads, self._unloads = list(self._unloads), deque()
+        units = [unit for units in self._waiting.values() for unit in units] + self._ready
+        units += [self._prefilling] if self._prefilling is not None else []
+        requests = [unit.request for unit in units] + [row.request for row in self._rows] + stranded
+        for request in {id(request): request for request in requests}.values():
+            try:
+                self._abort(request, closed)
+            except Exception:  # one failure must not leave the others waiting
+                logger.exception("failing a request at shutdown failed")
+        self._waiting, self._ready, self._prefilling, self._rows = {}, [], None, []
+        self._batch.clear()
+        for _, done in unloads:
+            done.set()
+        self._publish()
 
     def _take_new_work(self) -> bool:
         """Move submitted requests and unloads into the scheduler's state, sleeping while there is
@@ -344,7 +386,7 @@ class ModelServer:
             adapter = self._acquire(request.adapter) if request.adapter is not None else None
         except Exception as error:
             logger.exception("adapter %s failed to load", request.adapter)
-            self._end(request, error)
+            self._abort(request, error)
             return
         request.pinned = adapter is not None
         params = request.params
@@ -529,20 +571,13 @@ class ModelServer:
             if not request.unfinished:
                 self._release(request)
 
-    def _end(self, request: Request, error: BaseException) -> None:
+    def _abort(self, request: Request, error: BaseException) -> None:
+        """End a request with an error; its other rows and units are dropped at the next step."""
+        request.cancelled = True  # so that _drop_cancelled removes what is left of it
         if request.unfinished:
             request.unfinished = 0
             self._release(request)
             request.on_event(error)
-
-    def _fail_all(self, error: BaseException) -> None:
-        units = [unit for units in self._waiting.values() for unit in units] + self._ready
-        if self._prefilling is not None:
-            units.append(self._prefilling)
-        for request in {id(r): r for r in [u.request for u in units] + [row.request for row in self._rows]}.values():
-            self._end(request, error)
-        self._waiting, self._ready, self._prefilling, self._rows = {}, [], None, []
-        self._batch.clear()
 
     def _publish(self) -> None:
         by_key: dict[str, int] = {}

@@ -306,7 +306,11 @@ class ChatService:
                 await events.aclose()
             slot.__exit__()
             raise
-        return _streamed(prepared, first, events, slot)
+        stream = _streamed(prepared, first, events, slot)
+        # A stream whose response never starts (its client left first) is never iterated, so its
+        # `finally` never runs: give the place back when it is collected.
+        weakref.finalize(stream, slot.__exit__)
+        return stream
 
     def _params(
         self, request: SamplingRequest, max_tokens: int | None, logprobs: bool, top_logprobs: int | None
@@ -360,8 +364,9 @@ class ChatService:
     def _load(self, base_model: str) -> concurrent.futures.Future[ModelServer]:
         with self._lock:
             future = self._loads.get(base_model)
-            failed = future is not None and future.done() and future.exception() is not None
-            if future is None or failed:  # a failed load is tried again
+            done = future is not None and future.done()
+            failed = done and (future.exception() is not None or future.result().closed)  # type: ignore[union-attr]
+            if future is None or failed:  # a failed load, or a server that stopped, is loaded again
                 future = concurrent.futures.Future()
                 future.set_running_or_notify_cancel()  # so that no waiter's cancellation cancels the load
                 self._loads[base_model] = future

@@ -166,3 +166,20 @@ def test_completion_prompt_lists_are_bounded(serving: LiveServer) -> None:
     assert raised.value.param == "prompt"
     several = client.completions.create(model="tiny", prompt=["a", "b", "c"], max_tokens=2, n=2)
     assert [choice.index for choice in several.choices] == list(range(6))
+
+
+async def _leave_before_the_first_token(serving: LiveServer) -> None:
+    base = serving.base_url
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": "Bearer sk-a"}, timeout=300) as a:
+        batch = [asyncio.create_task(a.post("/chat/completions", json=LONG)) for _ in range(4)]
+        await until(lambda: tiny_stats(serving)["running"] == 4, "org-a's chats to fill the batch")
+        with pytest.raises(httpx.ReadTimeout):  # queued behind the batch: no first token within 1 s
+            await a.post("/chat/completions", json={**LONG, "stream": True}, timeout=1.0)
+        for task in batch:
+            task.cancel()
+        await asyncio.gather(*batch, return_exceptions=True)
+
+
+def test_a_stream_left_before_its_first_token_gives_its_place_back(serving: LiveServer) -> None:
+    asyncio.run(_leave_before_the_first_token(serving))
+    wait_until(lambda: idle(serving), timeout=60, what="every place in flight to be given back")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import queue
+import shutil
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -211,9 +213,7 @@ def test_logprobs(server: ModelServer, prompt: list[int]) -> None:
     for entry in choice.logprobs:
         assert entry.logprob <= 0
         assert len(entry.top_logprobs) == 4
-        assert [t.logprob for t in entry.top_logprobs] == sorted(
-            (t.logprob for t in entry.top_logprobs), reverse=True
-        )
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
         # Greedy without penalties takes the most likely token.
         assert (entry.token, entry.logprob) == (entry.top_logprobs[0].token, entry.top_logprobs[0].logprob)
     assert b"".join(bytes(e.bytes) for e in choice.logprobs).decode() == choice.text
@@ -385,3 +385,23 @@ def _drain(events: queue.SimpleQueue[Any]) -> list[Delta]:
         assert isinstance(event, Delta), event
         deltas.append(event)
     return deltas
+
+
+def test_an_adapter_that_does_not_fit_fails_its_request_only(
+    server: ModelServer,
+    adapters: dict[str, tuple[str, Path]],
+    prompt: list[int],
+    solo: dict[str | None, str],
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(adapters["a"][1], broken)
+    config = json.loads((broken / "adapter_config.json").read_text())
+    (broken / "adapter_config.json").write_text(json.dumps({**config, "r": config["r"] * 2}))
+    running: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    server.submit(prompt, GenerationParams(max_new_tokens=40, temperature=0), running.put, adapters["b"])
+    with pytest.raises(ValueError, match="don't fit"):
+        server.generate(prompt, GREEDY, ("ft:broken", broken))
+    assert "".join(delta.text for delta in _drain(running)).startswith(solo["b"])  # not disturbed
+    assert "ft:broken" not in server.loaded_adapters
+    assert text_of(server, prompt, adapters["a"]) == solo["a"]  # nothing of the broken one stayed behind
