@@ -29,6 +29,10 @@ class AuthenticationFailed(ServiceError):
     status = 401
 
 
+class PermissionDenied(ServiceError):
+    status = 403
+
+
 class NotFound(ServiceError):
     status = 404
 

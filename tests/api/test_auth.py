@@ -73,3 +73,34 @@ def test_single_user_refuses_a_public_address() -> None:
 
 def test_single_user_accepts_any_bearer(server: LiveServer) -> None:
     assert server.client("anything-at-all").models.list().data
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"host": "attacker.example:8000"}, "invalid_host"),  # DNS rebinding
+        ({"host": "127.0.0.1.nip.io"}, "invalid_host"),
+        ({"origin": "http://evil.example"}, "cross_origin_request"),  # CSRF from another site's page
+        ({"origin": "null"}, "cross_origin_request"),
+    ],
+)
+def test_single_user_refuses_other_hosts_and_sites(server: LiveServer, headers: dict[str, str], code: str) -> None:
+    with server.http() as http:
+        response = http.get("/files", headers=headers)
+        assert response.status_code == 403 and response.json()["error"]["code"] == code
+        upload = http.post(
+            "/files", headers=headers, files={"file": ("x.jsonl", b"{}\n")}, data={"purpose": "fine-tune"}
+        )
+        assert upload.status_code == 403
+
+
+def test_single_user_answers_loopback_hosts_and_origins(server: LiveServer) -> None:
+    port = server.base_url.split(":")[-1].split("/")[0]
+    with server.http() as http:
+        for headers in ({"host": f"localhost:{port}"}, {"origin": f"http://127.0.0.1:{port}"}, {"host": "[::1]"}):
+            assert http.get("/files", headers=headers).status_code == 200, headers
+
+
+def test_keyed_servers_take_any_host(keyed_server: LiveServer) -> None:
+    with keyed_server.http("sk-alice") as http:
+        assert http.get("/files", headers={"host": "openft.example.com"}).status_code == 200
