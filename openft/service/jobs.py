@@ -28,7 +28,7 @@ from openft.protocol.fine_tuning import (
 )
 from openft.service import hyperparameters
 from openft.service.files import FileService
-from openft.service.lifecycle import TERMINAL, add_event, transition
+from openft.service.lifecycle import ACTIVE, TERMINAL, add_event, transition
 from openft.service.models import BaseModelRegistry
 from openft.service.naming import organization_id
 from openft.service.paging import known_cursor
@@ -146,7 +146,7 @@ class JobService:
         job = self.get_record(organization, job_id)
         with self.database.transaction() as connection:
             # A running job is told through `control`; its worker stops the run at the next step.
-            cancelled = transition(connection, job_id, "cancelled", control="cancel")
+            cancelled = transition(connection, job_id, ACTIVE, "cancelled", control="cancel")
             if cancelled:
                 add_event(connection, job_id, "Fine-tuning job cancelled")
         if cancelled:
@@ -163,7 +163,7 @@ class JobService:
             if job.status == "running":
                 asked = job_rows.update_job(connection, job_id, from_statuses=["running"], control="pause")
             else:
-                asked = transition(connection, job_id, "paused")
+                asked = transition(connection, job_id, ["validating_files", "queued"], "paused")
                 if asked:
                     add_event(connection, job_id, "Fine-tuning job paused")
         if not asked:
@@ -188,9 +188,7 @@ class JobService:
         validated = job.hyperparameters.get("resolved") is not None
         with self.database.transaction() as connection:
             to_status = "queued" if validated else "validating_files"
-            resumed = job.status == "paused" and job_rows.update_job(
-                connection, job_id, from_statuses=["paused"], status=to_status, control=None
-            )
+            resumed = transition(connection, job_id, ["paused"], to_status, control=None)
             if resumed:
                 add_event(connection, job_id, "Fine-tuning job resumed")
         if not resumed:

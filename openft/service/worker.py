@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from openft.engine.counting import TokenCounter
 
 log = logging.getLogger(__name__)
+VALIDATING = ["validating_files"]  # the statuses a validator's outcome may leave
+RUNNING = ["running"]  # ... and a training run's
 
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
@@ -115,19 +117,22 @@ class Worker:
             resolved = self._validate(job)
         except training_data.DataError as error:
             with self.database.transaction() as connection:
-                fail(connection, job.id, error.code, error.message, error.param, worker_id=None)
+                fail(connection, job.id, VALIDATING, error.code, error.message, error.param, worker_id=None)
             self._release(job.id)
             return True
         except Exception as error:
             log.exception("validating %s failed", job.id)
             with self.database.transaction() as connection:
-                fail(connection, job.id, "validation_error", f"Validation failed unexpectedly: {error}", None)
+                fail(
+                    connection, job.id, VALIDATING, "validation_error", f"Validation failed unexpectedly: {error}", None
+                )
             self._release(job.id)
             return True
         with self.database.transaction() as connection:
             queued = transition(
                 connection,
                 job.id,
+                VALIDATING,
                 "queued",
                 held_by=self.id,
                 worker_id=None,
@@ -179,7 +184,7 @@ class Worker:
         if job is None:
             return False
         with self.database.transaction() as connection:
-            started = transition(connection, job.id, "running", held_by=self.id, attempts=job.attempts + 1)
+            started = transition(connection, job.id, ["queued"], "running", held_by=self.id, attempts=job.attempts + 1)
             if started:
                 add_event(connection, job.id, "Fine-tuning job started", empty_data=False)
         if not started:
@@ -192,7 +197,7 @@ class Worker:
         except Exception as error:
             log.exception("training %s failed", job.id)
             with self.database.transaction() as connection:
-                fail(connection, job.id, "training_failed", f"Training failed: {error}", None, worker_id=None)
+                fail(connection, job.id, RUNNING, "training_failed", f"Training failed: {error}", None, worker_id=None)
             self._release(job.id)
         return True
 
@@ -274,6 +279,7 @@ class Worker:
                 if transition(
                     connection,
                     job.id,
+                    RUNNING,
                     "paused",
                     held_by=self.id,
                     worker_id=None,
@@ -289,6 +295,7 @@ class Worker:
                 fail(
                     connection,
                     job.id,
+                    RUNNING,
                     "training_failed",
                     f"Training failed: {outcome.error}",
                     None,
@@ -306,6 +313,7 @@ class Worker:
             succeeded = transition(
                 connection,
                 job.id,
+                RUNNING,
                 "succeeded",
                 held_by=self.id,
                 worker_id=None,
@@ -358,6 +366,7 @@ class Worker:
                     fail(
                         connection,
                         job.id,
+                        RUNNING,
                         "worker_lost",
                         f"The job's worker stopped answering {job.attempts} times; giving up.",
                         None,
@@ -372,10 +381,11 @@ class Worker:
 
     def _requeue(self, job_id: str, message: str, held_by: str | None = None) -> None:
         with self.database.transaction() as connection:
-            if transition(connection, job_id, "queued", held_by=held_by or self.id, worker_id=None, control=None):
+            held = held_by or self.id
+            if transition(connection, job_id, RUNNING, "queued", held_by=held, worker_id=None, control=None):
                 add_event(connection, job_id, message, level="warn")
             else:
-                job_rows.update_job(connection, job_id, held_by=held_by or self.id, worker_id=None)
+                job_rows.update_job(connection, job_id, held_by=held, worker_id=None)
 
 
 class _ValidationProgress:
