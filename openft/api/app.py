@@ -15,7 +15,8 @@ from openft.service import Services
 
 
 def create_app(services: Services) -> FastAPI:
-    app = FastAPI(title="openft", version=__version__, docs_url=None, redoc_url=None)
+    # No redirects from `/v1/files/` to `/v1/files`: their Location would come from the Host header.
+    app = FastAPI(title="openft", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.services = services
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(current_caller)])
     for module in (files, uploads, fine_tuning, models, chat):

@@ -64,6 +64,12 @@ async def _validation_error(_request: Request, error: RequestValidationError) ->
             400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
         )
     received = json.dumps(first.get("input"), default=str)[:200]
+    if param is None:  # the body itself, not one of its fields
+        return error_response(
+            400,
+            f"The request body must be a JSON object of this endpoint's parameters (received {received}).",
+            code="invalid_value",
+        )
     return error_response(
         400,
         f"Invalid value for '{param}': {first.get('msg', 'invalid')} (received {received}).",

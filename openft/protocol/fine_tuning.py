@@ -21,6 +21,13 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Auto | float | None = "auto"
     n_epochs: Auto | int | None = "auto"
 
+    @field_validator("batch_size", "learning_rate_multiplier", "n_epochs", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # JSON true would otherwise pass as the number 1
+            raise ValueError("must be a number or 'auto', not a boolean")
+        return value
+
 
 class SupervisedMethod(BaseModel):
     model_config = ConfigDict(extra="ignore")

@@ -143,6 +143,22 @@ def test_unknown_route_and_wrong_method_get_error_bodies(server: LiveServer) -> 
     assert unknown.headers["x-request-id"].startswith("req_")
 
 
+@pytest.mark.parametrize("body", [b"[]", b'"x"', b"3", b"null"])
+def test_a_body_that_is_not_an_object_is_400_saying_so(server: LiveServer, body: bytes) -> None:
+    with server.http() as http:
+        response = http.post("/fine_tuning/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_value" and error["message"].startswith("The request body must be a JSON object")
+
+
+def test_no_redirect_for_a_trailing_slash(server: LiveServer) -> None:
+    with server.http() as http:
+        response = http.get("/files/", headers={"host": "127.0.0.1"})
+    assert response.status_code == 404 and "location" not in response.headers
+    assert response.json()["error"]["code"] == "unknown_url"
+
+
 def test_bad_query_parameter_is_400_not_422(server: LiveServer) -> None:
     with server.http() as http:
         response = http.get("/files", params={"limit": 0})

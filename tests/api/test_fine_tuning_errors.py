@@ -45,6 +45,8 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
     ({"hyperparameters": {"learning_rate_multiplier": 0}}, "hyperparameters.learning_rate_multiplier"),
     ({"hyperparameters": {"learning_rate_multiplier": -1.5}}, "hyperparameters.learning_rate_multiplier"),
     ({"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs"),
+    ({"hyperparameters": {"n_epochs": True}}, "hyperparameters.n_epochs"),
+    ({"hyperparameters": {"batch_size": False}}, "hyperparameters.batch_size"),
     (
         {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 99}}}},
         "method.supervised.hyperparameters.n_epochs",
