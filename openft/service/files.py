@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
+from sqlalchemy import Connection
+
 from openft import ids
 from openft.blobs import BlobStore, BlobWriter
 from openft.errors import InvalidRequest, NotFound
@@ -112,7 +114,10 @@ class FileService:
         purpose: str,
         size: int,
         expires_after_seconds: int | None,
+        connection: Connection | None = None,
     ) -> FileObject:
+        """Insert the row of a file whose bytes are in place; in `connection`'s transaction when
+        given, so that it commits (or not) with what the caller writes there."""
         created_at = ids.now()
         record = FileRecord(
             id=file_id,
@@ -126,8 +131,11 @@ class FileService:
             status_details=None,
             blob_key=file_blob_key(file_id),
         )
-        with self.database.transaction() as connection:
+        if connection is not None:
             file_rows.insert_file(connection, record)
+        else:
+            with self.database.transaction() as own:
+                file_rows.insert_file(own, record)
         return to_wire(record)
 
     def store_generated(self, organization: str, filename: str, purpose: str, data: bytes) -> FileObject:

@@ -59,7 +59,7 @@ class UploadService:
 
     def add_part(self, organization: str, upload_id: str, part_id: str, writer: BlobWriter) -> UploadPart:
         try:
-            self._pending(organization, upload_id)
+            upload = self._pending(organization, upload_id)
             writer.commit()
         except BaseException:
             writer.discard()
@@ -72,6 +72,15 @@ class UploadService:
             blob_key=_part_blob_key(upload_id, part_id),
         )
         with self.database.transaction() as connection:
+            held = sum(part.bytes for part in upload_rows.list_parts(connection, upload_id))
+            if held + record.bytes > upload.bytes:
+                self.blobs.delete(record.blob_key)
+                raise InvalidRequest(
+                    f"This part would bring the Upload to {held + record.bytes} bytes, more than the "
+                    f"{upload.bytes} bytes it was created for.",
+                    param="data",
+                    code="invalid_value",
+                )
             upload_rows.insert_part(connection, record)
         return UploadPart(id=part_id, created_at=record.created_at, upload_id=upload_id)
 
@@ -94,6 +103,7 @@ class UploadService:
             raise InvalidRequest(
                 "The md5 checksum does not match the assembled file.", param="md5", code="invalid_value"
             )
+        # One transaction: a crash can't leave a completed Upload whose file has no row.
         with self.database.transaction() as connection:
             if not upload_rows.finish_upload(
                 connection, upload_id, from_status="pending", to_status="completed", file_id=file_id
@@ -102,9 +112,9 @@ class UploadService:
                 raise InvalidRequest(
                     f"Upload {upload_id} is no longer pending.", param="upload_id", code="invalid_state"
                 )
-        file_object = self.files.record(
-            organization, file_id, upload.filename, upload.purpose, total, upload.file_expires_at
-        )
+            file_object = self.files.record(
+                organization, file_id, upload.filename, upload.purpose, total, upload.file_expires_at, connection
+            )
         self.blobs.delete_tree(f"uploads/{upload_id}")
         completed = self._get(organization, upload_id)
         return self._to_wire(completed, file_object=file_object)

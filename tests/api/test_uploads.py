@@ -90,3 +90,16 @@ def test_raw_json_matches_the_sdk_types(server: LiveServer) -> None:
         )
         done = Upload.model_validate(http.post(f"/uploads/{upload.id}/complete", json={"part_ids": [part.id]}).json())
     assert done.file is not None and done.file.bytes == 2
+
+
+def test_parts_beyond_the_declared_size_are_refused_and_not_kept(client: openai.OpenAI, server: LiveServer) -> None:
+    upload = client.uploads.create(bytes=6, filename="a", mime_type="text/plain", purpose="user_data")
+    first = client.uploads.parts.create(upload.id, data=b"1234")
+    with pytest.raises(openai.BadRequestError) as over:
+        client.uploads.parts.create(upload.id, data=b"567")
+    assert over.value.param == "data"
+    parts_dir = server.data_dir / "blobs" / "uploads" / upload.id
+    assert [path.name for path in parts_dir.iterdir() if not path.name.startswith(".")] == [first.id]
+    last = client.uploads.parts.create(upload.id, data=b"56")
+    completed = client.uploads.complete(upload.id, part_ids=[first.id, last.id])
+    assert completed.file is not None and client.files.content(completed.file.id).content == b"123456"
