@@ -102,6 +102,8 @@ def serve_command(settings: Settings, host: str, port: int) -> int:
         worker.start()
     try:
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C (uvicorn.run swallows it too): a normal way to stop
+        pass
     finally:
         if worker is not None:
             worker.stop()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 from openai.types import FileDeleted, FileObject
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_until
 
 JSONL = b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}\n'
 
@@ -272,3 +274,21 @@ def test_oversized_upload_is_refused_and_leaves_nothing(tmp_path_factory: pytest
         assert [p for p in (small.data_dir / "blobs").rglob("*") if p.is_file()] == []
     finally:
         small.stop()
+
+
+def test_a_client_leaving_mid_upload_is_one_log_line(server: LiveServer) -> None:
+    class Gone(Exception):
+        pass
+
+    def body() -> Iterator[bytes]:
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n' + b"x" * 65536
+        raise Gone  # the client stops sending and drops the connection
+
+    headers = {"content-type": "multipart/form-data; boundary=XyZ", "Authorization": "Bearer sk-test"}
+    earlier = len(server.log())  # other tests log tracebacks on purpose (a lost blob's 500)
+    with pytest.raises(Gone):
+        httpx.post(f"{server.base_url}/files", content=body(), headers=headers, timeout=30)
+    line = "the client went away during POST /v1/files"
+    wait_until(lambda: line in server.log()[earlier:], timeout=30, what="the log line")
+    assert "Traceback" not in server.log()[earlier:]
