@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
     commands.add_parser("worker", help="run a standalone worker on the same database and data directory")
+    commands.add_parser(
+        "gc", help="remove temporaries, orphan blobs, expired files and uploads, finished resume states"
+    )
     data = commands.add_parser("data", help="training data tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="check a training file before uploading it")
     check.add_argument("files", type=Path, nargs="+", metavar="FILE")
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(serve_command(settings, arguments.host or settings.host, arguments.port or settings.port))
     if arguments.command == "worker":
         sys.exit(worker_command(settings))
+    if arguments.command == "gc":
+        sys.exit(gc_command(settings))
     if arguments.command == "data":
         sys.exit(data_check_command(settings, arguments))
     if arguments.command == "jobs":
@@ -127,6 +132,18 @@ def worker_command(settings: Settings) -> int:
     stop.wait()
     worker.stop()
     services.close()
+    return 0
+
+
+def gc_command(settings: Settings) -> int:
+    from openft.service import build_services
+    from openft.service.gc import GarbageCollector
+
+    services = build_services(settings)
+    try:
+        print(f"openft gc: {GarbageCollector(services.database, services.blobs, settings).collect()}")
+    finally:
+        services.close()
     return 0
 
 

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     stop_grace_seconds: float = Field(30.0, description="Wait for a cancelled run to stop before killing it.")
     pause_wait_seconds: float = Field(30.0, description="How long POST /pause waits for the run to save.")
 
+    gc_interval_seconds: float = Field(
+        600.0, ge=0, description="How often each worker collects garbage (temporaries, orphans, expired); 0: never."
+    )
+    gc_grace_seconds: float = Field(
+        3600.0, ge=0, description="Temporaries and blobs without a row younger than this are never collected."
+    )
     min_training_examples: int = Field(10, description="Fewer examples fail validation.")
     validation_progress_seconds: float = Field(10.0, description="Interval of progress events while validating.")
     base_learning_rate: float = Field(1e-4, description="LoRA learning rate = this x learning_rate_multiplier.")

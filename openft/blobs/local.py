@@ -14,13 +14,16 @@ from typing import BinaryIO
 CHUNK_SIZE = 1024 * 1024
 
 
+TEMPORARY_PREFIX = ".tmp-"
+
+
 class BlobWriter:
     """Accumulates a blob in a temporary file; `commit` publishes it, `discard` drops it."""
 
     def __init__(self, final_path: Path) -> None:
         final_path.parent.mkdir(parents=True, exist_ok=True)
         self.final_path = final_path
-        descriptor, temporary = tempfile.mkstemp(dir=final_path.parent, prefix=".tmp-")
+        descriptor, temporary = tempfile.mkstemp(dir=final_path.parent, prefix=TEMPORARY_PREFIX)
         self._temporary = Path(temporary)
         self._file: BinaryIO = os.fdopen(descriptor, "wb")
         self.size = 0
@@ -101,6 +104,31 @@ class BlobStore:
 
     def delete_tree(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def children(self, prefix: str) -> list[tuple[str, float]]:
+        """(key, modified time) of the blobs and folders right under `prefix`, temporaries aside."""
+        folder = self.path(prefix)
+        if not folder.is_dir():
+            return []
+        return [
+            (f"{prefix}/{entry.name}", entry.stat().st_mtime)
+            for entry in folder.iterdir()
+            if not entry.name.startswith(TEMPORARY_PREFIX)
+        ]
+
+    def stale_temporaries(self, older_than: float) -> list[Path]:
+        """Temporary files of writers that never committed or discarded (a crash, a kill)."""
+        return [
+            path
+            for path in self.root.rglob(f"{TEMPORARY_PREFIX}*")
+            if path.is_file() and path.stat().st_mtime < older_than
+        ]
+
+    def tree_size(self, prefix: str) -> int:
+        path = self.path(prefix)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 def _chunks(blob: BinaryIO) -> Iterator[bytes]:

@@ -22,6 +22,7 @@ from openft.config import Settings
 from openft.errors import NotFound
 from openft.service import hyperparameters, training_data
 from openft.service.files import FileService
+from openft.service.gc import GarbageCollector
 from openft.service.lifecycle import add_event, fail, transition
 from openft.service.models import BaseModelRegistry
 from openft.service.naming import fine_tuned_model_name
@@ -62,7 +63,7 @@ class Worker:
         self._counters: dict[str, TokenCounter] = {}
 
     def start(self) -> None:
-        for target in (self._validate_loop, self._train_loop, self._heartbeat_loop):
+        for target in (self._validate_loop, self._train_loop, self._heartbeat_loop, self._gc_loop):
             thread = threading.Thread(target=target, name=f"{self.id}-{target.__name__}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -98,6 +99,15 @@ class Worker:
                 self.requeue_lost_jobs()
             except Exception:
                 log.exception("%s: heartbeat failed", self.id)
+
+    def _gc_loop(self) -> None:
+        interval = self.settings.gc_interval_seconds
+        collector = GarbageCollector(self.database, self.blobs, self.settings)
+        while interval and not self.stopping.wait(interval):
+            try:
+                collector.collect()
+            except Exception:
+                log.exception("%s: garbage collection failed", self.id)
 
     def _claim(self, status: str) -> JobRecord | None:
         with self.database.transaction() as connection:

@@ -62,3 +62,13 @@ def list_files(
 def delete_file(connection: Connection, organization: str, file_id: str) -> bool:
     result = connection.execute(delete(files).where(files.c.id == file_id, files.c.organization == organization))
     return result.rowcount > 0
+
+
+def expired_files(connection: Connection, now: int) -> list[FileRecord]:
+    rows = connection.execute(select(files).where(files.c.expires_at <= now)).mappings()
+    return [FileRecord.from_row(row) for row in rows]
+
+
+def existing_file_ids(connection: Connection, candidates: list[str]) -> set[str]:
+    rows = connection.execute(select(files.c.id).where(files.c.id.in_(candidates))).scalars()
+    return set(rows)

@@ -146,3 +146,8 @@ def stale_jobs(connection: Connection, heartbeat_before: float) -> list[JobRecor
 def beat(connection: Connection, worker_id: str, heartbeat_at: float) -> None:
     """Proves that `worker_id` is alive for every job it holds."""
     connection.execute(update(jobs).where(jobs.c.worker_id == worker_id).values(heartbeat_at=heartbeat_at))
+
+
+def finished_jobs_with_resume_state(connection: Connection) -> list[JobRecord]:
+    query = select(jobs).where(jobs.c.status.in_(["succeeded", "failed", "cancelled"]), jobs.c.resume_from.is_not(None))
+    return [JobRecord.from_row(row) for row in connection.execute(query).mappings()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, RowMapping, insert, select, update
+from sqlalchemy import Connection, RowMapping, delete, insert, select, update
 
 from openft.store.records import row_values
 from openft.store.schema import upload_parts, uploads
@@ -76,3 +76,20 @@ def list_parts(connection: Connection, upload_id: str) -> list[UploadPartRecord]
         select(upload_parts).where(upload_parts.c.upload_id == upload_id).order_by(upload_parts.c.seq)
     ).mappings()
     return [UploadPartRecord.from_row(row) for row in rows]
+
+
+def expired_pending_uploads(connection: Connection, now: int) -> list[UploadRecord]:
+    query = select(uploads).where(uploads.c.status == "pending", uploads.c.expires_at <= now)
+    return [UploadRecord.from_row(row) for row in connection.execute(query).mappings()]
+
+
+def delete_parts(connection: Connection, upload_id: str) -> None:
+    connection.execute(delete(upload_parts).where(upload_parts.c.upload_id == upload_id))
+
+
+def live_upload_ids(connection: Connection, candidates: list[str], now: int) -> set[str]:
+    """The candidates that are pending and not expired: the only Uploads whose parts are needed."""
+    query = select(uploads.c.id).where(
+        uploads.c.id.in_(candidates), uploads.c.status == "pending", uploads.c.expires_at > now
+    )
+    return set(connection.execute(query).scalars())
