@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     gc_grace_seconds: float = Field(
         3600.0, ge=0, description="Temporaries and blobs without a row younger than this are never collected."
     )
+    jobs_per_hour: int = Field(
+        10, ge=1, description="Fine-tuning jobs one organization may create per hour (OpenAI: 10); more get 429."
+    )
+    max_active_jobs: int = Field(
+        6, ge=1, description="Jobs one organization may have validating, queued or running at once; more get 429."
+    )
+    uploads_per_hour: int = Field(
+        100, ge=1, description="Files and Uploads one organization may create per hour (OpenAI: 100); more get 429."
+    )
     min_training_examples: int = Field(10, description="Fewer examples fail validation.")
     validation_progress_seconds: float = Field(10.0, description="Interval of progress events while validating.")
     base_learning_rate: float = Field(1e-4, description="LoRA learning rate = this x learning_rate_multiplier.")

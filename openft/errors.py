@@ -47,12 +47,25 @@ class RateLimited(ServiceError):
     status = 429
     type = "requests"
 
-    def __init__(self, message: str, *, retry_after_seconds: int, code: str = "rate_limit_exceeded") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_seconds: int,
+        limit: int | None = None,
+        code: str = "rate_limit_exceeded",
+    ) -> None:
         super().__init__(message, code=code)
         self.retry_after_seconds = retry_after_seconds
+        self.limit = limit
 
     def headers(self) -> dict[str, str]:
-        return {"retry-after": str(self.retry_after_seconds)}
+        headers = {"retry-after": str(self.retry_after_seconds)}
+        if self.limit is not None:  # OpenAI's names for a request limit
+            headers["x-ratelimit-limit-requests"] = str(self.limit)
+            headers["x-ratelimit-remaining-requests"] = "0"
+            headers["x-ratelimit-reset-requests"] = f"{self.retry_after_seconds}s"
+        return headers
 
 
 class ServerError(ServiceError):

@@ -70,6 +70,11 @@ def start_server(data_dir: Path, **env_overrides: str) -> LiveServer:
         "OPENFT_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         "OPENFT_PRELOAD_MODELS": "",  # each test server loads what it chats with, when it does
+        # Test modules create more jobs and files in minutes than a user does in an hour; the
+        # limits themselves are tested in tests/api/test_quotas.py.
+        "OPENFT_JOBS_PER_HOUR": "1000",
+        "OPENFT_MAX_ACTIVE_JOBS": "1000",
+        "OPENFT_UPLOADS_PER_HOUR": "10000",
         **env_overrides,
     }
     log_path = data_dir / f"server-{port}.log"

@@ -21,7 +21,7 @@ router = APIRouter(prefix="/files", tags=["files"])
 
 @router.post("")
 async def create_file(request: Request, services: ServicesDep, caller: CallerDep) -> FileObject:
-    file_id, writer = services.files.open_writer()
+    file_id, writer = services.files.open_writer(caller.organization)
     form = await read_multipart(
         request,
         lambda _field, _filename: writer,

@@ -11,6 +11,7 @@ from openft.service.chat import ChatService
 from openft.service.files import FileService
 from openft.service.jobs import JobService
 from openft.service.models import BaseModelRegistry
+from openft.service.quotas import Quotas
 from openft.service.uploads import UploadService
 from openft.service.worker import Worker
 from openft.store import Database
@@ -42,7 +43,7 @@ def build_services(settings: Settings) -> Services:
     database = Database(settings.resolved_database_url)
     database.migrate()
     blobs = BlobStore(settings.blobs_dir)
-    files = FileService(database, blobs)
+    files = FileService(database, blobs, Quotas(settings))
     base_models = BaseModelRegistry(settings)
     catalog = ModelCatalog(database, blobs, base_models)
     return Services(

@@ -19,6 +19,7 @@ from openft.protocol.files import (
     FileObject,
 )
 from openft.service.paging import known_cursor
+from openft.service.quotas import Quotas
 from openft.store import Database
 from openft.store import files as file_rows
 from openft.store.files import FileRecord
@@ -79,12 +80,16 @@ def check_purpose(purpose: str | None) -> str:
 
 
 class FileService:
-    def __init__(self, database: Database, blobs: BlobStore) -> None:
+    def __init__(self, database: Database, blobs: BlobStore, quotas: Quotas) -> None:
         self.database = database
         self.blobs = blobs
+        self.quotas = quotas
 
-    def open_writer(self) -> tuple[str, BlobWriter]:
-        """A new file id and a writer for its bytes; nothing is visible until `create` commits."""
+    def open_writer(self, organization: str) -> tuple[str, BlobWriter]:
+        """A new file id and a writer for its bytes; nothing is visible until `create` commits.
+        429 first when the organization is at its hourly limit, before a byte is read."""
+        with self.database.transaction() as connection:
+            self.quotas.check_new_upload(connection, organization)
         file_id = ids.new_id("file-", 22)
         return file_id, self.blobs.writer(file_blob_key(file_id))
 

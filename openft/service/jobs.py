@@ -51,6 +51,7 @@ class JobService:
         self.files = files
         self.base_models = base_models
         self.settings = settings
+        self.quotas = files.quotas
 
     def create(self, organization: str, request: CreateJobRequest) -> FineTuningJob:
         requested, param_prefix = _requested_hyperparameters(request)
@@ -94,6 +95,7 @@ class JobService:
         if record.validation_file:
             validating += f" and validation file: {record.validation_file}"
         with self.database.transaction() as connection:
+            self.quotas.check_new_job(connection, organization)
             job_rows.insert_job(connection, record)
             add_event(connection, record.id, f"Created fine-tuning job: {record.id}")
             add_event(connection, record.id, validating)

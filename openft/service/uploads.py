@@ -49,6 +49,7 @@ class UploadService:
             file_id=None,
         )
         with self.database.transaction() as connection:
+            self.files.quotas.check_new_upload(connection, organization)
             upload_rows.insert_upload(connection, record)
         return self._to_wire(record)
 

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, RowMapping, delete, insert, select
 
 from openft.store.paging import Page, fetch_page
 from openft.store.records import row_values
-from openft.store.schema import files
+from openft.store.schema import files, uploads
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,20 @@ def expired_files(connection: Connection, now: int) -> list[FileRecord]:
 def existing_file_ids(connection: Connection, candidates: list[str]) -> set[str]:
     rows = connection.execute(select(files.c.id).where(files.c.id.in_(candidates))).scalars()
     return set(rows)
+
+
+def uploaded_since(connection: Connection, organization: str, since: int) -> list[int]:
+    """Creation times of the files and Uploads the organization created since `since` (not the
+    files openft made itself, such as result files), oldest first."""
+    made_here = ["fine-tune-results"]
+    assembled = select(uploads.c.file_id).where(uploads.c.file_id.is_not(None))  # counted as their Upload
+    file_times = select(files.c.created_at).where(
+        files.c.organization == organization,
+        files.c.created_at >= since,
+        files.c.purpose.not_in(made_here),
+        files.c.id.not_in(assembled),
+    )
+    upload_times = select(uploads.c.created_at).where(
+        uploads.c.organization == organization, uploads.c.created_at >= since
+    )
+    return sorted([*connection.execute(file_times).scalars(), *connection.execute(upload_times).scalars()])

@@ -151,3 +151,20 @@ def beat(connection: Connection, worker_id: str, heartbeat_at: float) -> None:
 def finished_jobs_with_resume_state(connection: Connection) -> list[JobRecord]:
     query = select(jobs).where(jobs.c.status.in_(["succeeded", "failed", "cancelled"]), jobs.c.resume_from.is_not(None))
     return [JobRecord.from_row(row) for row in connection.execute(query).mappings()]
+
+
+def created_since(connection: Connection, organization: str, since: int) -> list[int]:
+    """Creation times of the organization's jobs created at or after `since`, oldest first."""
+    query = (
+        select(jobs.c.created_at)
+        .where(jobs.c.organization == organization, jobs.c.created_at >= since)
+        .order_by(jobs.c.created_at)
+    )
+    return list(connection.execute(query).scalars())
+
+
+def count_active(connection: Connection, organization: str) -> int:
+    query = select(func.count()).where(
+        jobs.c.organization == organization, jobs.c.status.in_(["validating_files", "queued", "running"])
+    )
+    return int(connection.execute(query).scalar_one())
