@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
@@ -98,8 +99,10 @@ class ChatService:
             elif future.exception() is not None:
                 models[name] = {"state": "failed"}
             else:
-                stats = future.result().stats()
-                models[name] = {"state": "ready", **stats.__dict__}
+                stats = dataclasses.asdict(future.result().stats())
+                # /health needs no key: say how many organizations decode, never which
+                stats["organizations_decoding"] = len(stats.pop("running_by_key"))
+                models[name] = {"state": "ready", **stats}
         with self._lock:
             in_flight = dict(self._in_flight)
         return {"requests_in_flight": sum(in_flight.values()), "models": models}

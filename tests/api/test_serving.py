@@ -183,3 +183,8 @@ async def _leave_before_the_first_token(serving: LiveServer) -> None:
 def test_a_stream_left_before_its_first_token_gives_its_place_back(serving: LiveServer) -> None:
     asyncio.run(_leave_before_the_first_token(serving))
     wait_until(lambda: idle(serving), timeout=60, what="every place in flight to be given back")
+
+
+def test_health_names_no_organization(serving: LiveServer) -> None:
+    stats = tiny_stats(serving)
+    assert "organizations_decoding" in stats and "org-a" not in str(health(serving))
