@@ -34,7 +34,7 @@ import time
 import types
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,6 @@ class _Counters:
     prefilled_tokens: int = 0
     preempted: int = 0
     cancelled: int = 0
-    running_by_key: dict[str, int] = field(default_factory=dict)
 
 
 class ModelServer:
