@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     max_seq_len: int = Field(2048, description="Training examples are truncated to this many tokens.")
     eval_interval_steps: int = Field(10, description="Steps between mini-batch validation losses.")
     checkpoints_kept: int = Field(3, description="Epoch checkpoints kept per job, newest first.")
+    resume_save_seconds: float = Field(
+        60.0,
+        description="A running job saves its resume state at every checkpoint and at least this often, so a "
+        "crash or a lost worker costs at most this much training; 0: at checkpoints only.",
+    )
     training_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     inference_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda' for chat.")
     inference_dtype: str = Field(

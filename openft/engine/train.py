@@ -55,7 +55,10 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] | str = DEFAULT_LORA_TARGETS  # or PEFT's "all-linear"
     max_seq_len: int | None = None  # None: min(model max positions, 2048)
     device: str = "auto"  # "auto": cuda if available, else cpu
-    resume_from: Path | None = None  # a TrainResult.resume_state
+    resume_from: Path | None = None  # a saved resume state (see TrainCallbacks.on_resume_state)
+    # Besides at every checkpoint and pause, the resume state is saved when the last save is this
+    # old, so a crash loses at most this much work; 0 saves only at checkpoints and pauses.
+    resume_save_seconds: float = 60.0
     eval_interval: int = 10  # steps between mini-batch validation losses; 0 turns them off
 
 
@@ -116,6 +119,9 @@ class TrainCallbacks:
     on_step: Callable[[StepMetrics], None] = _ignore
     on_checkpoint: Callable[[CheckpointInfo], None] = _ignore
     should_stop: Callable[[], StopRequest | None] = _never_stop  # asked before every step
+    # A complete resume state now lies at the path, as of the step: a run started with
+    # `resume_from` set to it continues from there (after a pause, a crash or a lost worker).
+    on_resume_state: Callable[[Path, int], None] = lambda _path, _step: None
 
 
 def lr_at(step: int, total_steps: int, peak: float) -> float:
@@ -172,6 +178,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     logger.info("training %d examples for %d steps on %s", len(train_set), total_steps, device)
     lengths = [len(e.input_ids) for e in train_set]
     batches: list[list[int]] = []
+    last_saved = time.monotonic()
     model.train()
     while step < total_steps:
         epoch, index = divmod(step, steps_per_epoch)
@@ -183,6 +190,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             return TrainResult("cancelled", step, total_steps, tokens_seen, None, None)
         if stop == "pause":
             state = _save_resume(config.output_dir, model, optimizer, step, tokens_seen, fingerprint)
+            cb.on_resume_state(state, step)
             logger.info("paused before step %d; state in %s", step + 1, state)
             return TrainResult("paused", step, total_steps, tokens_seen, None, state)
 
@@ -217,6 +225,12 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         if end_of_epoch:
             path = _save_checkpoint(config, model, tokenizer, step)
             cb.on_checkpoint(CheckpointInfo(step, epoch + 1, path, metrics))
+        overdue = config.resume_save_seconds > 0 and time.monotonic() - last_saved >= config.resume_save_seconds
+        if end_of_epoch or overdue:
+            # After the step's events and checkpoint: a run resumed from here redoes nothing
+            # that was recorded, and what was recorded after an older state is redone.
+            cb.on_resume_state(_save_resume(config.output_dir, model, optimizer, step, tokens_seen, fingerprint), step)
+            last_saved = time.monotonic()
 
     final = _checkpoint_dir(config.output_dir, total_steps)
     return TrainResult("completed", step, total_steps, tokens_seen, final, None)
@@ -391,8 +405,11 @@ def _save_resume(
     path = output_dir / RESUME_FILE
     output_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # never a torn resume file
+    with tmp.open("wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it replaces the older state
+    os.replace(tmp, path)  # never a torn resume file: the old one stays whole until this instant
     return path
 
 

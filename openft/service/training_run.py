@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -20,10 +22,12 @@ from openft.service.lifecycle import add_event
 from openft.service.naming import checkpoint_name
 from openft.store import Database
 from openft.store import checkpoints as checkpoint_rows
+from openft.store import events as event_rows
 from openft.store import jobs as job_rows
 from openft.store.checkpoints import CheckpointRecord
 
 log = logging.getLogger(__name__)
+CHECKPOINT_EVENT = "Checkpoint created at step "  # then "{step} with Snapshot ID: {name}"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class RunSpec:
     database_url: str
     blobs_root: str
     job_id: str
+    worker_id: str  # the job's holder while this run is the job's; another run's once it isn't
     organization: str
     base_model: str
     suffix: str | None
@@ -61,24 +66,29 @@ def start(spec: RunSpec) -> tuple[multiprocessing.process.BaseProcess, Pipe]:
 
 def child_main(spec: RunSpec, report: Pipe) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    recorder = _Recorder(spec)
+    # The worker terminates its run when it stops: save the state at the next step, as a pause does.
+    signal.signal(signal.SIGTERM, lambda _signal, _frame: recorder.terminated.set())
     try:
-        outcome = _train(spec)
+        outcome = _train(spec, recorder)
     except BaseException as error:
         log.exception("training run of %s failed", spec.job_id)
         summary = "".join(traceback.format_exception_only(type(error), error)).strip()
         outcome = RunOutcome(status="error", error=summary)
-    report.send(asdict(outcome))
-    report.close()
+    try:
+        report.send(asdict(outcome))
+        report.close()
+    except OSError:  # the worker is gone; what the run saved is in the database and the blob store
+        log.warning("the worker of %s is gone; not reporting %s", spec.job_id, outcome.status)
 
 
-def _train(spec: RunSpec) -> RunOutcome:
+def _train(spec: RunSpec, recorder: _Recorder) -> RunOutcome:
     from openft.engine import TrainConfig, train
 
     config_values = dict(spec.train_config)
     for key in ("base_model_dir", "train_file", "validation_file", "output_dir", "resume_from"):
         if config_values.get(key) is not None:
             config_values[key] = Path(config_values[key])
-    recorder = _Recorder(spec)
     result = train(TrainConfig(**config_values), recorder.callbacks())
     recorder.database.dispose()
     return RunOutcome(
@@ -98,11 +108,45 @@ class _Recorder:
         self.parent = os.getppid()
         self.started = time.monotonic()
         self.first_step: int | None = None
+        self.terminated = threading.Event()
 
     def callbacks(self) -> Any:
         from openft.engine import TrainCallbacks
 
-        return TrainCallbacks(on_step=self.on_step, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop)
+        return TrainCallbacks(
+            on_start=self.on_start,
+            on_step=self.on_step,
+            on_checkpoint=self.on_checkpoint,
+            should_stop=self.should_stop,
+            on_resume_state=self.on_resume_state,
+        )
+
+    def on_start(self, start: Any) -> None:
+        """Forget what earlier runs of this job recorded after the step this run starts from (all of
+        it, starting afresh): it is recorded again, so every step's metrics appear once."""
+        job_id = self.spec.job_id
+        with self.database.transaction() as connection:
+            job = job_rows.get_job(connection, job_id)
+            if job is None or job.worker_id != self.spec.worker_id:
+                raise RuntimeError(f"{job_id} is no longer this run's to train")
+            stale = [c for c in checkpoint_rows.all_checkpoints(connection, job_id) if c.step_number > start.start_step]
+            for checkpoint in stale:
+                checkpoint_rows.delete_checkpoint(connection, checkpoint.id)
+            metrics = event_rows.metrics_events(connection, job_id)
+            redone = [e.id for e in metrics if int((e.data or {}).get("step", 0)) > start.start_step]
+            for event in event_rows.message_events(connection, job_id, CHECKPOINT_EVENT):
+                if int(event.message[len(CHECKPOINT_EVENT) :].split(" ", 1)[0]) > start.start_step:
+                    redone.append(event.id)
+            event_rows.delete_events(connection, redone)
+            if start.start_step:
+                add_event(connection, job_id, f"Training continues from step {start.start_step}/{start.total_steps}")
+        for checkpoint in stale:
+            self.blobs.delete_tree(checkpoint.blob_key)
+
+    def on_resume_state(self, path: Path, step: int) -> None:
+        with self.database.transaction() as connection:
+            job_rows.update_job(connection, self.spec.job_id, held_by=self.spec.worker_id, resume_from=str(path))
+        log.info("resume state of %s saved at step %d", self.spec.job_id, step)
 
     def on_step(self, metrics: Any) -> None:
         if self.first_step is None:
@@ -151,9 +195,7 @@ class _Recorder:
             checkpoint_rows.insert_checkpoint(connection, record)
             if checkpoint.step < checkpoint.metrics.total_steps:
                 add_event(
-                    connection,
-                    self.spec.job_id,
-                    f"Checkpoint created at step {checkpoint.step} with Snapshot ID: {record.name}",
+                    connection, self.spec.job_id, f"{CHECKPOINT_EVENT}{checkpoint.step} with Snapshot ID: {record.name}"
                 )
             expired = checkpoint_rows.all_checkpoints(connection, self.spec.job_id)[: -self.spec.checkpoints_kept]
             for old in expired:
@@ -162,12 +204,16 @@ class _Recorder:
             self.blobs.delete_tree(old.blob_key)
 
     def should_stop(self) -> Literal["cancel", "pause"] | None:
-        if os.getppid() != self.parent:
-            return "cancel"  # the worker is gone; it will be requeued, stop burning the machine
         with self.database.transaction() as connection:
             job = job_rows.get_job(connection, self.spec.job_id)
         if job is None or job.control == "cancel" or job.status == "cancelled":
             return "cancel"
+        if job.worker_id != self.spec.worker_id:
+            return "cancel"  # requeued after this run's worker went silent: the job is another run's now
+        if os.getppid() != self.parent or self.terminated.is_set():
+            # The worker is gone (it will be requeued) or stopping: save the state, as a pause does,
+            # and stop burning the machine. The next run continues from here.
+            return "pause"
         if job.control == "pause":
             return "pause"
         return None

@@ -201,8 +201,6 @@ class Worker:
             self._release(job.id)
             return True
         try:
-            if job.resume_from is None:
-                self._drop_checkpoints(job.id)  # a restart from scratch makes them anew
             self._finish(job, self._supervise(job, self._run_spec(job)))
         except Exception as error:
             log.exception("training %s failed", job.id)
@@ -210,14 +208,6 @@ class Worker:
                 fail(connection, job.id, RUNNING, "training_failed", f"Training failed: {error}", None, worker_id=None)
             self._release(job.id)
         return True
-
-    def _drop_checkpoints(self, job_id: str) -> None:
-        with self.database.transaction() as connection:
-            stale = checkpoint_rows.all_checkpoints(connection, job_id)
-            for checkpoint in stale:
-                checkpoint_rows.delete_checkpoint(connection, checkpoint.id)
-        for checkpoint in stale:
-            self.blobs.delete_tree(checkpoint.blob_key)
 
     def _run_spec(self, job: JobRecord) -> RunSpec:
         resolved = job.hyperparameters["resolved"]
@@ -238,12 +228,15 @@ class Worker:
             "max_seq_len": self.settings.max_seq_len,
             "device": self.settings.training_device,
             "eval_interval": self.settings.eval_interval_steps,
+            # Set by a pause, or by the last run's periodic save when it crashed or its worker was lost.
             "resume_from": job.resume_from,
+            "resume_save_seconds": self.settings.resume_save_seconds,
         }
         return RunSpec(
             database_url=self.settings.resolved_database_url,
             blobs_root=str(self.blobs.root),
             job_id=job.id,
+            worker_id=self.id,
             organization=job.organization,
             base_model=job.model,
             suffix=job.suffix,

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, insert, select
+from sqlalchemy import Connection, RowMapping, delete, insert, select
 
 from openft.store.paging import fetch_page
 from openft.store.records import row_values
@@ -45,6 +45,25 @@ def metrics_events(connection: Connection, job_id: str) -> list[EventRecord]:
     rows = connection.execute(
         select(job_events)
         .where(job_events.c.job_id == job_id, job_events.c.type == "metrics")
+        .order_by(job_events.c.seq)
+    ).mappings()
+    return [EventRecord.from_row(row) for row in rows]
+
+
+def delete_events(connection: Connection, event_ids: list[str]) -> None:
+    if event_ids:
+        connection.execute(delete(job_events).where(job_events.c.id.in_(event_ids)))
+
+
+def message_events(connection: Connection, job_id: str, prefix: str) -> list[EventRecord]:
+    """A job's message events whose message starts with `prefix`, oldest first."""
+    rows = connection.execute(
+        select(job_events)
+        .where(
+            job_events.c.job_id == job_id,
+            job_events.c.type == "message",
+            job_events.c.message.startswith(prefix, autoescape=True),
+        )
         .order_by(job_events.c.seq)
     ).mappings()
     return [EventRecord.from_row(row) for row in rows]

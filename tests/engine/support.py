@@ -38,6 +38,10 @@ def arithmetic_chats(n: int) -> list[dict[str, Any]]:
     ]
 
 
+class Crash(Exception):
+    """Stands for a kill: the run ends where it is, saving nothing more."""
+
+
 @dataclass
 class Recorder:
     """Callbacks that record everything and stop on request after a given step."""
@@ -47,14 +51,22 @@ class Recorder:
     starts: list[StartInfo] = field(default_factory=list)
     steps: list[StepMetrics] = field(default_factory=list)
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
+    saves: list[tuple[Path, int]] = field(default_factory=list)  # resume states: (path, step)
+    crash_after: int | None = None  # raise once this step is recorded, before its state is saved
 
     def callbacks(self) -> TrainCallbacks:
         return TrainCallbacks(
             on_start=self.starts.append,
-            on_step=self.steps.append,
+            on_step=self.on_step,
             on_checkpoint=self.checkpoints.append,
             should_stop=self.should_stop,
+            on_resume_state=lambda path, step: self.saves.append((path, step)),
         )
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        self.steps.append(metrics)
+        if metrics.step == self.crash_after:
+            raise Crash(f"crashed after step {metrics.step}")
 
     def should_stop(self) -> StopRequest | None:
         if self.stop_after is not None and self.steps and self.steps[-1].step == self.stop_after:

@@ -17,7 +17,7 @@ from openft.engine import CheckpointInfo, StepMetrics, TrainConfig, tokenize_exa
 from openft.engine.data import IGNORE_INDEX
 from openft.engine.train import lr_at
 
-from .support import Recorder, arithmetic_chats, write_jsonl
+from .support import Crash, Recorder, arithmetic_chats, write_jsonl
 
 N_EXAMPLES, BATCH, EPOCHS = 10, 2, 3
 STEPS_PER_EPOCH = 5
@@ -108,6 +108,26 @@ def test_pause_then_resume_equals_an_uninterrupted_run(config: TrainConfig, meth
     assert [s.tokens_seen for s in combined] == [s.tokens_seen for s in straight.steps]
     assert (result.status, result.steps) == ("completed", 15)
     assert result.trained_tokens == straight_result.trained_tokens
+
+
+def test_a_crash_resumes_from_the_last_saved_state(config: TrainConfig) -> None:
+    config = dataclasses.replace(config, lora_dropout=0.1)
+    straight = Recorder()
+    straight_result = straight.run(dataclasses.replace(config, output_dir=config.output_dir / "straight"))
+
+    crashed = Recorder(crash_after=7)  # step 7 is recorded, its state never saved
+    with pytest.raises(Crash):
+        crashed.run(dataclasses.replace(config, resume_save_seconds=1e-9))  # a save after every step
+    assert [step for _, step in crashed.saves] == list(range(1, 7))
+    state = crashed.saves[-1][0]
+
+    resumed = Recorder()
+    result = resumed.run(dataclasses.replace(config, resume_from=state))
+
+    assert resumed.starts[0].start_step == 6
+    combined = crashed.steps[:6] + resumed.steps
+    assert losses(combined) == pytest.approx(losses(straight.steps), rel=1e-5)
+    assert (result.status, result.steps, result.trained_tokens) == ("completed", 15, straight_result.trained_tokens)
 
 
 def test_resume_refuses_other_settings(config: TrainConfig) -> None:

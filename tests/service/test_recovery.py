@@ -1,15 +1,17 @@
 """A crash never loses a job: a server killed mid-training leaves a job that the next server's
-worker notices, queues again and trains to the end."""
+worker notices, queues again and trains to the end, continuing from the last saved step."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import TRAINING_ENV, chat_examples, start_server, wait_for_job, wait_until
 
-RECOVERY_ENV = {**TRAINING_ENV, "OPENFT_WORKER_TIMEOUT_SECONDS": "3"}
+# A resume state after every step, so that the kill always finds one to continue from.
+RECOVERY_ENV = {**TRAINING_ENV, "OPENFT_WORKER_TIMEOUT_SECONDS": "3", "OPENFT_RESUME_SAVE_SECONDS": "0.001"}
 
 
 def test_a_killed_server_loses_nothing(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -19,9 +21,9 @@ def test_a_killed_server_loses_nothing(tiny_dir: Path, tmp_path_factory: pytest.
     file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
     job = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 8})
     wait_until(
-        lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=5).data),
+        lambda: sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data) >= 3,
         timeout=120,
-        what="training to start",
+        what="three steps of training",
     )
     first.process.kill()  # no chance to clean up
     first.process.wait()
@@ -32,9 +34,24 @@ def test_a_killed_server_loses_nothing(tiny_dir: Path, tmp_path_factory: pytest.
         assert client.files.retrieve(file_id).id == file_id
         finished = wait_for_job(client, job.id, ("succeeded", "failed", "cancelled"), timeout=240)
         assert finished.status == "succeeded", finished.error
-        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=10_000).data]
+        events = client.fine_tuning.jobs.list_events(job.id, limit=10_000).data
+        messages = [e.message for e in events]
         assert "The job's worker stopped answering; the job is queued again" in messages
         assert messages.count("Fine-tuning job started") == 2
         assert messages.count(f"Created fine-tuning job: {job.id}") == 1
+        # It went on from a saved step, not from the start ...
+        continued = [m for m in messages if m.startswith("Training continues from step ")]
+        assert len(continued) == 1
+        resumed_at, total = (int(n) for n in continued[0].removeprefix("Training continues from step ").split("/"))
+        assert 2 <= resumed_at < total
+        # ... and every step's metrics appear once, in the events and in the result file.
+        steps = sorted(e.data["step"] for e in events if e.type == "metrics")
+        assert steps == list(range(1, total + 1))
+        result = base64.b64decode(client.files.content(finished.result_files[0]).content).decode().splitlines()
+        assert [int(line.split(",")[0]) for line in result[1:]] == list(range(1, total + 1))
+        checkpoint_steps = sorted(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data)
+        assert len(checkpoint_steps) == len(set(checkpoint_steps)) == 3
+        created = [m for m in messages if m.startswith("Checkpoint created at step ")]
+        assert len(created) == len(set(created))
     finally:
         second.stop()
