@@ -5,6 +5,11 @@ Rows are left-padded to one length: each layer holds keys and values of shape
 padding from attention. A row joins with the cache of its own prefill (one row, maybe repeated for
 `n` choices) and leaves when it finishes; columns that no row needs any more are cut off the left,
 so a long finished row doesn't leave its length behind as padding.
+
+Each layer keeps its keys and values at the front of a buffer with room for `SPARE_COLUMNS` more
+tokens, so a decode step writes its one new column in place; transformers' `DynamicLayer`
+concatenates, copying the whole cache of every layer at every step, which under a batch of long
+rows is memory traffic of the order of the weights themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +19,48 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+SPARE_COLUMNS = 64  # room to grow before a layer's buffer is reallocated
+
+
+class _BatchLayer(DynamicLayer):
+    """A full-attention cache layer whose `keys` and `values` are views of the front of buffers
+    with spare columns; `update` writes into the spare ones."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.is_initialized = True
+        self.device = keys.device
+        self.set(keys, values)
+
+    def set(self, keys: torch.Tensor, values: torch.Tensor, spare: int = SPARE_COLUMNS) -> None:
+        """Hold (a copy of) these keys and values, with `spare` free columns after them."""
+        length = keys.shape[2]
+        self._keys = _with_room(keys, spare)
+        self._values = _with_room(values, spare)
+        self._length = length
+        self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        new = key_states.shape[2]
+        if self._length + new > self._keys.shape[2]:
+            assert self.keys is not None and self.values is not None
+            self.set(self.keys, self.values, spare=max(SPARE_COLUMNS, new))
+        end = self._length + new
+        self._keys[:, :, self._length : end] = key_states
+        self._values[:, :, self._length : end] = value_states
+        self._length = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
+
+
+def _with_room(tensor: torch.Tensor, spare: int) -> torch.Tensor:
+    rows, heads, length, dim = tensor.shape
+    buffer = tensor.new_empty(rows, heads, length + spare, dim)
+    buffer[:, :, :length] = tensor
+    return buffer
 
 
 class BatchCache:
@@ -34,15 +81,20 @@ class BatchCache:
         layers = _layers(row_cache)
         device = self.mask.device
         if self.cache is None:  # copies the tensors: the row's cache may serve more rows later
-            self.cache = DynamicCache([(_repeat(keys, copies), _repeat(values, copies)) for _, keys, values in layers])
+            self.cache = DynamicCache()
+            self.cache.layers = [
+                _BatchLayer(_repeat(keys, copies), _repeat(values, copies)) for _, keys, values in layers
+            ]
             device = layers[0][1].device
             self.mask = torch.ones(copies, length, dtype=torch.long, device=device)
             self.lengths = [length] * copies
             return
         width = max(self.mask.shape[1], length)
-        for (layer, keys, values), (_, new_keys, new_values) in zip(_layers(self.cache), layers, strict=True):
-            layer.keys = torch.cat([_pad_left(keys, width), _pad_left(new_keys, width, copies)])
-            layer.values = torch.cat([_pad_left(values, width), _pad_left(new_values, width, copies)])
+        for (layer, keys, values), (_, new_keys, new_values) in zip(_batch_layers(self.cache), layers, strict=True):
+            layer.set(
+                torch.cat([_pad_left(keys, width), _pad_left(new_keys, width, copies)]),
+                torch.cat([_pad_left(values, width), _pad_left(new_values, width, copies)]),
+            )
         new_mask = torch.ones(copies, length, dtype=torch.long, device=device)
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(new_mask, width)])
         self.lengths += [length] * copies
@@ -56,9 +108,8 @@ class BatchCache:
         index = torch.tensor(rows, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         start = int(mask.any(0).long().argmax())  # the first column some row still uses
-        for layer, keys, values in _layers(self.cache):
-            layer.keys = keys.index_select(0, index)[:, :, start:].contiguous()
-            layer.values = values.index_select(0, index)[:, :, start:].contiguous()
+        for layer, keys, values in _batch_layers(self.cache):
+            layer.set(keys.index_select(0, index)[:, :, start:], values.index_select(0, index)[:, :, start:])
         self.mask = mask[:, start:].contiguous()
         self.lengths = [self.lengths[i] for i in rows]
 
@@ -82,6 +133,14 @@ def _layers(cache: DynamicCache) -> list[tuple[DynamicLayer, torch.Tensor, torch
         if type(layer) is not DynamicLayer:
             raise ValueError(f"batched generation needs full-attention cache layers, not {type(layer).__name__}")
         assert layer.keys is not None and layer.values is not None
+        layers.append((layer, layer.keys, layer.values))
+    return layers
+
+
+def _batch_layers(cache: DynamicCache) -> list[tuple[_BatchLayer, torch.Tensor, torch.Tensor]]:
+    layers = []
+    for layer in cache.layers:
+        assert isinstance(layer, _BatchLayer) and layer.keys is not None and layer.values is not None
         layers.append((layer, layer.keys, layer.values))
     return layers
 
