@@ -79,11 +79,15 @@ def serve_command(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
     from openft.api.app import create_app
+    from openft.api.http_protocol import RequestLimits, limited_protocol
     from openft.service import build_services
 
     services = build_services(settings)
     app = create_app(services)
-    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower())
+    # uvicorn's httptools protocol, with bounded headers and read timeouts (api/http_protocol.py);
+    # no WebSocket routes, so no upgrade hands a connection to a protocol without those limits.
+    http = limited_protocol(RequestLimits.from_settings(settings))
+    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), http=http, ws="none")
     try:
         # Bind before anything else starts: a second `openft serve` on a busy port must not
         # start a worker (which could claim a job) or load models before it fails.

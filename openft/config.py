@@ -35,6 +35,22 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest file accepted by POST /files.")
     max_json_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest JSON request body (413 over it).")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest request line plus headers, in bytes (431 over it)."
+    )
+    max_header_count: int = Field(100, ge=10, description="Most header fields in one request (431 over it).")
+    request_header_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Time a client has to send its request line and headers, in total; then 408 and the "
+        "connection is closed (a connection that sends nothing is just closed).",
+    )
+    request_read_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest silence while a client sends a request body (idle time between reads, not a "
+        "total); then 408, the connection is closed and a partial upload discarded.",
+    )
     max_upload_part_bytes: int = Field(64 * 1024 * 1024, description="Largest part of an Upload.")
     max_upload_total_bytes: int = Field(8 * 1024**3, description="Largest file assembled by an Upload.")
     upload_expiry_seconds: int = Field(3600, description="An Upload not completed by then expires.")
@@ -62,6 +78,12 @@ class Settings(BaseSettings):
     )
     uploads_per_hour: int = Field(
         100, ge=1, description="Files and Uploads one organization may create per hour (OpenAI: 100); more get 429."
+    )
+    max_stored_bytes: int = Field(
+        100 * 1024**3,
+        ge=1,
+        description="Bytes one organization may hold in live files and pending Uploads (OpenAI had 100 GB per "
+        "organization); a file or Upload that would go over gets 400 storage_quota_exceeded.",
     )
     min_training_examples: int = Field(10, description="Fewer examples fail validation.")
     validation_progress_seconds: float = Field(10.0, description="Interval of progress events while validating.")

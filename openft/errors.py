@@ -61,11 +61,37 @@ class RateLimited(ServiceError):
 
     def headers(self) -> dict[str, str]:
         headers = {"retry-after": str(self.retry_after_seconds)}
-        if self.limit is not None:  # OpenAI's names for a request limit
-            headers["x-ratelimit-limit-requests"] = str(self.limit)
-            headers["x-ratelimit-remaining-requests"] = "0"
-            headers["x-ratelimit-reset-requests"] = f"{self.retry_after_seconds}s"
+        if self.limit is not None:
+            headers.update(request_limit_headers(self.limit, 0, self.retry_after_seconds))
         return headers
+
+
+class QuotaExceeded(InvalidRequest):
+    """Over a quota that waiting doesn't lift (the organization's stored bytes): 400, as OpenAI
+    answers its file storage limit, so the SDKs don't retry; with the quota's headers."""
+
+    def __init__(self, message: str, *, param: str | None, code: str, headers: dict[str, str]) -> None:
+        super().__init__(message, param=param, code=code)
+        self._headers = headers
+
+    def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+
+def request_limit_headers(limit: int, remaining: int, reset_seconds: int) -> dict[str, str]:
+    """OpenAI's names for a limit on requests: on a 429 and on the answer to every request that a
+    per-hour or at-once quota counted. `reset` is when the next one is allowed again."""
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(max(0, remaining)),
+        "x-ratelimit-reset-requests": f"{max(0, reset_seconds)}s",
+    }
+
+
+def storage_limit_headers(limit: int, remaining: int) -> dict[str, str]:
+    """openft's own, in the same family (OpenAI announces no storage limit in headers): the bytes an
+    organization may store and how many of them are still free. Storage doesn't reset with time."""
+    return {"x-ratelimit-limit-bytes": str(limit), "x-ratelimit-remaining-bytes": str(max(0, remaining))}
 
 
 class ServerError(ServiceError):

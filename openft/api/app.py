@@ -11,6 +11,7 @@ from openft.api import chat, files, fine_tuning, models, uploads
 from openft.api.auth import current_caller
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
 from openft.api.json_guard import JsonBodyGuard
+from openft.protocol.common import ErrorResponse
 from openft.service import Services
 
 
@@ -18,7 +19,12 @@ def create_app(services: Services) -> FastAPI:
     # No redirects from `/v1/files/` to `/v1/files`: their Location would come from the Host header.
     app = FastAPI(title="openft", version=__version__, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.services = services
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(current_caller)])
+    v1 = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(current_caller)],
+        # Instead of FastAPI's 422 with its own body: every refusal is an OpenAI-style error (docs/errors.md).
+        responses={"default": {"model": ErrorResponse, "description": "An error: see docs/errors.md."}},
+    )
     for module in (files, uploads, fine_tuning, models, chat):
         v1.include_router(module.router)
     app.include_router(v1)

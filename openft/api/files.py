@@ -5,29 +5,60 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from openft.api.dependencies import CallerDep, ServicesDep
 from openft.api.multipart import read_multipart
-from openft.errors import InvalidRequest
+from openft.errors import InvalidRequest, PayloadTooLarge
 from openft.protocol.common import DeletedObject
-from openft.protocol.files import FileList, FileObject
+from openft.protocol.files import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS, UPLOAD_PURPOSES, FileList, FileObject
 from openft.service.files import MAX_LIST_LIMIT, check_purpose, parse_expires_after
+from openft.service.quotas import Limits
 
 router = APIRouter(prefix="/files", tags=["files"])
 
+# The form is read by hand (streamed into the blob store), so FastAPI can't see it: described here.
+CREATE_FILE_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": {
+                            "type": "integer",
+                            "minimum": MIN_EXPIRY_SECONDS,
+                            "maximum": MAX_EXPIRY_SECONDS,
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
 
-@router.post("")
-async def create_file(request: Request, services: ServicesDep, caller: CallerDep) -> FileObject:
-    file_id, writer = services.files.open_writer(caller.organization)
-    form = await read_multipart(
-        request,
-        lambda _field, _filename: writer,
-        max_file_bytes=services.settings.max_upload_bytes,
-        file_fields=("file",),
-    )
+
+@router.post("", openapi_extra=CREATE_FILE_FORM)
+async def create_file(request: Request, response: Response, services: ServicesDep, caller: CallerDep) -> FileObject:
+    new_file = services.files.open_writer(caller.organization)  # 429 at the hourly limit, before the body
+    writer = new_file.writer
+    try:
+        form = await read_multipart(
+            request, lambda _field, _filename: writer, max_file_bytes=new_file.max_bytes, file_fields=("file",)
+        )
+    except PayloadTooLarge as error:  # by its Content-Length or while streaming: which limit was it?
+        writer.discard()
+        raise new_file.too_large(error) from None
+    except BaseException:
+        writer.discard()  # also when refused before the file part began
+        raise
     try:
         received = form.files.get("file")
         if received is None:
@@ -39,15 +70,19 @@ async def create_file(request: Request, services: ServicesDep, caller: CallerDep
     except BaseException:
         writer.discard()
         raise
-    return await run_in_threadpool(
+    limits = Limits()
+    created = await run_in_threadpool(
         services.files.create,
         caller.organization,
-        file_id,
+        new_file.id,
         writer,
         filename=received.filename or "upload",
         purpose=purpose,
         expires_after_seconds=expires,
+        limits=limits,
     )
+    response.headers.update(limits.headers())
+    return created
 
 
 @router.get("")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from openft.api.dependencies import CallerDep, ServicesDep
 from openft.protocol.fine_tuning import (
@@ -14,17 +14,35 @@ from openft.protocol.fine_tuning import (
     FineTuningJob,
     JobList,
 )
+from openft.service.quotas import Limits
 
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 Limit = Annotated[int, Query(ge=1, le=10_000)]
+# `metadata[key]=value` filters are read from the raw query string: described here.
+METADATA_FILTER = {
+    "parameters": [
+        {
+            "name": "metadata",
+            "in": "query",
+            "required": False,
+            "style": "deepObject",
+            "explode": True,
+            "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+            "description": "Only jobs with these metadata pairs (`metadata[key]=value`); `metadata=null`: none.",
+        }
+    ]
+}
 
 
 @router.post("")
-def create_job(body: CreateJobRequest, services: ServicesDep, caller: CallerDep) -> FineTuningJob:
-    return services.jobs.create(caller.organization, body)
+def create_job(body: CreateJobRequest, response: Response, services: ServicesDep, caller: CallerDep) -> FineTuningJob:
+    limits = Limits()
+    job = services.jobs.create(caller.organization, body, limits)
+    response.headers.update(limits.headers())  # what the job quotas leave: x-ratelimit-*-requests
+    return job
 
 
-@router.get("")
+@router.get("", openapi_extra=METADATA_FILTER)
 def list_jobs(
     request: Request, services: ServicesDep, caller: CallerDep, after: str | None = None, limit: Limit = 20
 ) -> JobList:

@@ -15,9 +15,13 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 from openft.errors import InvalidRequest, PayloadTooLarge
+from openft.protocol.files import MAX_FILENAME_CHARS
 
-MAX_FIELD_BYTES = 64 * 1024
+# Bounds of the form itself, not tunables: OpenAI's forms have a few short fields (`purpose`,
+# `expires_after[...]`) besides the file, whose size is a setting.
+MAX_FIELD_BYTES = 64 * 1024  # a field's value; over it: 400 naming the field
 MAX_FIELDS = 100
+MAX_PART_HEADER_BYTES = 16 * 1024  # the headers of one part (Content-Disposition with its filename, ...)
 
 
 class FileSink(Protocol):
@@ -49,6 +53,7 @@ class _Part:
     headers: dict[bytes, bytes] = field(default_factory=dict)
     header_field: bytes = b""
     header_value: bytes = b""
+    header_bytes: int = 0
     name: str = ""
     filename: str | None = None
     value: bytearray = field(default_factory=bytearray)
@@ -137,10 +142,24 @@ class _FormReader:
         self.part = _Part()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self.part.header_field += data[start:end]
+        if self._part_header_fits(end - start):
+            self.part.header_field += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self.part.header_value += data[start:end]
+        if self._part_header_fits(end - start):
+            self.part.header_value += data[start:end]
+
+    def _part_header_fits(self, size: int) -> bool:
+        if self.pending:
+            return False
+        self.part.header_bytes += size
+        if self.part.header_bytes > MAX_PART_HEADER_BYTES:
+            self.pending = InvalidRequest(
+                f"The headers of a multipart part are larger than {MAX_PART_HEADER_BYTES} bytes.",
+                code="invalid_multipart",
+            )
+            return False
+        return True
 
     def on_header_end(self) -> None:
         self.part.headers[self.part.header_field.lower()] = self.part.header_value
@@ -157,6 +176,13 @@ class _FormReader:
             return
         if b"filename" in options and self.part.name in self.file_fields:
             self.part.filename = options[b"filename"].decode("utf-8", "replace")
+            if len(self.part.filename) > MAX_FILENAME_CHARS:
+                self.pending = InvalidRequest(
+                    f"The filename of '{self.part.name}' is longer than {MAX_FILENAME_CHARS} characters.",
+                    param=self.part.name,
+                    code="invalid_value",
+                )
+                return
             self.part.sink = self.open_sink(self.part.name, self.part.filename)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:

@@ -2,31 +2,55 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from openft.api.dependencies import CallerDep, ServicesDep
 from openft.api.multipart import read_multipart
 from openft.errors import InvalidRequest
 from openft.protocol.uploads import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
+from openft.service.quotas import Limits
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 
+# The form is read by hand (streamed into the blob store), so FastAPI can't see it: described here.
+ADD_PART_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
 
 @router.post("")
-def create_upload(body: CreateUploadRequest, services: ServicesDep, caller: CallerDep) -> Upload:
-    return services.uploads.create(caller.organization, body)
+def create_upload(body: CreateUploadRequest, response: Response, services: ServicesDep, caller: CallerDep) -> Upload:
+    limits = Limits()
+    upload = services.uploads.create(caller.organization, body, limits)
+    response.headers.update(limits.headers())
+    return upload
 
 
-@router.post("/{upload_id}/parts")
+@router.post("/{upload_id}/parts", openapi_extra=ADD_PART_FORM)
 async def add_upload_part(upload_id: str, request: Request, services: ServicesDep, caller: CallerDep) -> UploadPart:
     part_id, writer = services.uploads.open_part_writer(caller.organization, upload_id)
-    form = await read_multipart(
-        request,
-        lambda _field, _filename: writer,
-        max_file_bytes=services.settings.max_upload_part_bytes,
-        file_fields=("data",),
-    )
+    try:
+        form = await read_multipart(
+            request,
+            lambda _field, _filename: writer,
+            max_file_bytes=services.settings.max_upload_part_bytes,
+            file_fields=("data",),
+        )
+    except BaseException:
+        writer.discard()  # also when refused (or cut off) before the data part began
+        raise
     if "data" not in form.files:
         writer.discard()
         raise InvalidRequest("Missing required parameter: 'data'.", param="data", code="missing_required_parameter")

@@ -8,8 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from openft.protocol.models import MAX_MODEL_CHARS
+
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 FinishReason = Literal["stop", "length"]
+MAX_NAME_CHARS = 256  # a message's `name` and `tool_call_id`
 
 
 class TextPart(BaseModel):
@@ -23,10 +26,10 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Role
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: str | list[TextPart] | None = None  # bounded by the body and the tokens a request may ask for
+    name: str | None = Field(None, max_length=MAX_NAME_CHARS)
     tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    tool_call_id: str | None = Field(None, max_length=MAX_NAME_CHARS)
 
     @model_validator(mode="after")
     def _has_content(self) -> ChatMessage:
@@ -50,7 +53,7 @@ class SamplingRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: str = Field(max_length=MAX_MODEL_CHARS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = Field(None, ge=1, le=128)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class ErrorDetail(BaseModel):
+    # Every error body has all four keys (`param` and `code` may be null): so says the OpenAPI document.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     message: str
     type: str
     param: str | None = None

@@ -10,6 +10,11 @@ FilePurpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data",
 UPLOAD_PURPOSES: tuple[str, ...] = FilePurpose.__args__  # type: ignore[attr-defined]
 MIN_EXPIRY_SECONDS = 3600
 MAX_EXPIRY_SECONDS = 2_592_000
+# Bounds of strings that are stored and sent back (over one: 400 naming the field). Ids are
+# openft's own (`file-…`, `part_…`), never longer than the store's 64 characters.
+MAX_ID_CHARS = 64
+MAX_FILENAME_CHARS = 512
+MAX_MIME_TYPE_CHARS = 255  # RFC 6838: type and subtype of 127 characters at most each
 
 
 class FileObject(BaseModel):

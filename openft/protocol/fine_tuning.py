@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from openft.protocol.files import MAX_ID_CHARS
+from openft.protocol.models import MAX_MODEL_CHARS
 
 Auto = Literal["auto"]
 JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "paused"]
 SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_METADATA_PAIRS = 16
 MAX_SEED = 2_147_483_647
+MAX_WANDB_NAME_CHARS = 256
+MAX_WANDB_TAG_CHARS = 64  # W&B's own limit
 
 
 class Hyperparameters(BaseModel):
@@ -60,20 +65,33 @@ class Integration(BaseModel):
     wandb: WandbIntegration
 
 
+class _RequestedWandbIntegration(WandbIntegration):
+    """Bounded where a request gives one; jobs read back what they were stored with, unbounded."""
+
+    project: str = Field(max_length=MAX_WANDB_NAME_CHARS)
+    entity: str | None = Field(None, max_length=MAX_WANDB_NAME_CHARS)
+    name: str | None = Field(None, max_length=MAX_WANDB_NAME_CHARS)
+    tags: list[Annotated[str, Field(max_length=MAX_WANDB_TAG_CHARS)]] | None = Field(None, max_length=50)
+
+
+class RequestedIntegration(Integration):
+    wandb: _RequestedWandbIntegration
+
+
 class CreateJobRequest(BaseModel):
     """The body of `POST /v1/fine_tuning/jobs`. Unknown fields are ignored, as new SDKs send them."""
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str
-    training_file: str
-    validation_file: str | None = None
+    model: str = Field(max_length=MAX_MODEL_CHARS)
+    training_file: str = Field(max_length=MAX_ID_CHARS)
+    validation_file: str | None = Field(None, max_length=MAX_ID_CHARS)
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     suffix: str | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     metadata: dict[str, str] | None = None
-    integrations: list[Integration] | None = Field(None, max_length=5)
+    integrations: list[RequestedIntegration] | None = Field(None, max_length=5)
 
     @field_validator("suffix")
     @classmethod

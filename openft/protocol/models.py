@@ -6,6 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+# Longest model name a request may give: base ids are the operator's, and a fine-tuned model's or
+# checkpoint's name adds the organization, the suffix and its id to one (`ft:{base}:{org}:…`).
+MAX_MODEL_CHARS = 1024
+
 
 class Model(BaseModel):
     id: str

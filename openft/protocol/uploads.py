@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from openft.protocol.files import FileObject, FilePurpose
+from openft.protocol.files import MAX_FILENAME_CHARS, MAX_ID_CHARS, MAX_MIME_TYPE_CHARS, FileObject, FilePurpose
 
 
 class ExpiresAfter(BaseModel):
@@ -18,8 +18,8 @@ class CreateUploadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     bytes: int = Field(ge=0)
-    filename: str = Field(min_length=1)
-    mime_type: str = Field(min_length=1)
+    filename: str = Field(min_length=1, max_length=MAX_FILENAME_CHARS)
+    mime_type: str = Field(min_length=1, max_length=MAX_MIME_TYPE_CHARS)
     purpose: FilePurpose
     expires_after: ExpiresAfter | None = None
 
@@ -27,8 +27,8 @@ class CreateUploadRequest(BaseModel):
 class CompleteUploadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    part_ids: list[str]
-    md5: str | None = None
+    part_ids: list[Annotated[str, Field(max_length=MAX_ID_CHARS)]]
+    md5: str | None = Field(None, max_length=64)
 
 
 class Upload(BaseModel):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import Connection
 
 from openft import ids
 from openft.blobs import BlobStore, BlobWriter
-from openft.errors import InvalidRequest, NotFound
+from openft.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceError
 from openft.protocol.common import DeletedObject
 from openft.protocol.files import (
     MAX_EXPIRY_SECONDS,
@@ -19,7 +20,7 @@ from openft.protocol.files import (
     FileObject,
 )
 from openft.service.paging import known_cursor
-from openft.service.quotas import Quotas
+from openft.service.quotas import Limits, Quotas, StorageAllowance, storage_exceeded
 from openft.store import Database
 from openft.store import files as file_rows
 from openft.store.files import FileRecord
@@ -79,19 +80,46 @@ def check_purpose(purpose: str | None) -> str:
     return purpose
 
 
+@dataclass
+class NewFile:
+    """A file being received: its id, the writer for its bytes, and the most bytes it may have."""
+
+    id: str
+    writer: BlobWriter
+    max_bytes: int  # the smaller of OPENFT_MAX_UPLOAD_BYTES and the organization's storage left
+    storage: StorageAllowance  # before this file
+    max_upload_bytes: int
+
+    def too_large(self, error: PayloadTooLarge) -> ServiceError:
+        """The body was refused at `max_bytes` (by its Content-Length or while streaming): the
+        storage quota's error when that was the smaller limit, else the per-file one."""
+        if self.max_bytes < self.max_upload_bytes:
+            return storage_exceeded(self.storage, self.max_bytes, param="file", at_least=True)
+        return error
+
+
 class FileService:
     def __init__(self, database: Database, blobs: BlobStore, quotas: Quotas) -> None:
         self.database = database
         self.blobs = blobs
         self.quotas = quotas
 
-    def open_writer(self, organization: str) -> tuple[str, BlobWriter]:
+    def open_writer(self, organization: str) -> NewFile:
         """A new file id and a writer for its bytes; nothing is visible until `create` commits.
-        429 first when the organization is at its hourly limit, before a byte is read."""
+        429 first when the organization is at its hourly limit, before a byte is read; the body may
+        then hold `max_bytes`: no more than OPENFT_MAX_UPLOAD_BYTES, nor than the storage quota leaves."""
+        max_upload_bytes = self.quotas.settings.max_upload_bytes
         with self.database.transaction() as connection:
             self.quotas.check_new_upload(connection, organization)
+            storage = self.quotas.storage(connection, organization)
         file_id = ids.new_id("file-", 22)
-        return file_id, self.blobs.writer(file_blob_key(file_id))
+        return NewFile(
+            id=file_id,
+            writer=self.blobs.writer(file_blob_key(file_id)),
+            max_bytes=min(max_upload_bytes, storage.remaining),
+            storage=storage,
+            max_upload_bytes=max_upload_bytes,
+        )
 
     def create(
         self,
@@ -102,14 +130,29 @@ class FileService:
         filename: str,
         purpose: str,
         expires_after_seconds: int | None,
+        limits: Limits | None = None,
     ) -> FileObject:
-        """Publishes the bytes in `writer`, then records the file. The writer is consumed either way."""
+        """Publishes the bytes in `writer`, then records the file, if the organization's storage
+        quota still has room for them (another upload may have taken it meanwhile); the writer is
+        consumed either way. `limits` receives what the quotas that counted it leave."""
         try:
             writer.commit()
         except BaseException:
             writer.discard()
             raise
-        return self.record(organization, file_id, filename, purpose, writer.size, expires_after_seconds)
+        try:
+            with self.database.transaction() as connection:
+                storage = self.quotas.check_storage(connection, organization, writer.size, param="file")
+                file_object = self.record(
+                    organization, file_id, filename, purpose, writer.size, expires_after_seconds, connection
+                )
+                requests = self.quotas.upload_allowance(connection, organization)
+        except BaseException:
+            self.blobs.delete(file_blob_key(file_id))
+            raise
+        if limits is not None:
+            limits.requests, limits.storage = requests, storage
+        return file_object
 
     def record(
         self,

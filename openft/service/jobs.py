@@ -32,6 +32,7 @@ from openft.service.lifecycle import ACTIVE, TERMINAL, add_event, transition
 from openft.service.models import BaseModelRegistry
 from openft.service.naming import organization_id
 from openft.service.paging import known_cursor
+from openft.service.quotas import Limits
 from openft.store import Database
 from openft.store import checkpoints as checkpoint_rows
 from openft.store import events as event_rows
@@ -53,7 +54,8 @@ class JobService:
         self.settings = settings
         self.quotas = files.quotas
 
-    def create(self, organization: str, request: CreateJobRequest) -> FineTuningJob:
+    def create(self, organization: str, request: CreateJobRequest, limits: Limits | None = None) -> FineTuningJob:
+        """`limits` receives what the job quotas leave after this one."""
         requested, param_prefix = _requested_hyperparameters(request)
         hyperparameters.check(requested, param_prefix)
         if self.base_models.find(request.model) is None:
@@ -99,6 +101,8 @@ class JobService:
             job_rows.insert_job(connection, record)
             add_event(connection, record.id, f"Created fine-tuning job: {record.id}")
             add_event(connection, record.id, validating)
+            if limits is not None:
+                limits.requests = self.quotas.job_allowance(connection, organization)
         return to_wire(record)
 
     def _check_file(self, organization: str, file_id: str, param: str) -> None:

@@ -11,6 +11,7 @@ from openft.errors import InvalidRequest, NotFound
 from openft.protocol.files import FileObject
 from openft.protocol.uploads import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
 from openft.service.files import FileService, file_blob_key
+from openft.service.quotas import Limits
 from openft.store import Database
 from openft.store import uploads as upload_rows
 from openft.store.uploads import UploadPartRecord, UploadRecord
@@ -27,7 +28,10 @@ class UploadService:
         self.files = files
         self.settings = settings
 
-    def create(self, organization: str, request: CreateUploadRequest) -> Upload:
+    def create(self, organization: str, request: CreateUploadRequest, limits: Limits | None = None) -> Upload:
+        """Refused (400) when its declared `bytes` would take the organization over its storage quota:
+        a pending Upload holds them until it completes, is cancelled or expires. `limits` receives
+        what the quotas that counted it leave."""
         if request.bytes > self.settings.max_upload_total_bytes:
             raise InvalidRequest(
                 f"An Upload can hold at most {self.settings.max_upload_total_bytes} bytes.",
@@ -48,9 +52,14 @@ class UploadService:
             status="pending",
             file_id=None,
         )
+        quotas = self.files.quotas
         with self.database.transaction() as connection:
-            self.files.quotas.check_new_upload(connection, organization)
+            quotas.check_new_upload(connection, organization)
+            storage = quotas.check_storage(connection, organization, request.bytes, param="bytes")
             upload_rows.insert_upload(connection, record)
+            requests = quotas.upload_allowance(connection, organization)
+        if limits is not None:
+            limits.requests, limits.storage = requests, storage
         return self._to_wire(record)
 
     def open_part_writer(self, organization: str, upload_id: str) -> tuple[str, BlobWriter]:

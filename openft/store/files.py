@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Connection, RowMapping, delete, insert, select
+from sqlalchemy import Connection, RowMapping, delete, func, insert, or_, select
 
 from openft.store.paging import Page, fetch_page
 from openft.store.records import row_values
@@ -89,3 +89,15 @@ def uploaded_since(connection: Connection, organization: str, since: int) -> lis
         uploads.c.organization == organization, uploads.c.created_at >= since
     )
     return sorted([*connection.execute(file_times).scalars(), *connection.execute(upload_times).scalars()])
+
+
+def stored_bytes(connection: Connection, organization: str, now: int) -> int:
+    """Bytes the organization holds: its live files (not deleted, not expired; result files too)
+    plus what its pending, unexpired Uploads were declared to hold, which they may still fill."""
+    in_files = select(func.coalesce(func.sum(files.c.bytes), 0)).where(
+        files.c.organization == organization, or_(files.c.expires_at.is_(None), files.c.expires_at > now)
+    )
+    in_uploads = select(func.coalesce(func.sum(uploads.c.bytes), 0)).where(
+        uploads.c.organization == organization, uploads.c.status == "pending", uploads.c.expires_at > now
+    )
+    return int(connection.execute(in_files).scalar_one()) + int(connection.execute(in_uploads).scalar_one())

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, case, exists, func, insert, or_, select, update
 
 from openft.store.paging import fetch_page
 from openft.store.records import row_values
@@ -115,17 +115,35 @@ def update_job(
 
 
 def claim_job(connection: Connection, worker_id: str, status: str, heartbeat_at: float) -> JobRecord | None:
-    """Takes the oldest unclaimed job in `status` for `worker_id`, or None when there is none."""
+    """Takes an unclaimed job in `status` for `worker_id`, or None when there is none. Fair between
+    organizations: the job of the organization with the fewest jobs being worked on goes first
+    (running, or claimed from `status` and about to start), then that of the organization served
+    least recently (its last training run's last heartbeat), then the oldest. So claims turn from
+    one organization to the next, with one worker as with many, and one organization's 50 queued
+    jobs don't push another's one to the back. Still one conditional UPDATE: of two workers racing
+    for the same job, one gets it."""
+    waiting, other = jobs.alias("waiting"), jobs.alias("other")
+    held = (other.c.worker_id.is_not(None)) & other.c.status.in_(["running", status])
+    per_organization = (
+        select(
+            other.c.organization,
+            func.sum(case((held, 1), else_=0)).label("held"),
+            func.max(case((other.c.attempts > 0, other.c.heartbeat_at), else_=None)).label("served_at"),
+        )
+        .group_by(other.c.organization)
+        .subquery("per_organization")
+    )
     candidate = (
-        select(jobs.c.id)
-        .where(jobs.c.status == status, jobs.c.worker_id.is_(None))
-        .order_by(jobs.c.seq)
+        select(waiting.c.id)
+        .select_from(waiting.join(per_organization, per_organization.c.organization == waiting.c.organization))
+        .where(waiting.c.status == status, waiting.c.worker_id.is_(None))
+        .order_by(per_organization.c.held, func.coalesce(per_organization.c.served_at, 0), waiting.c.seq)
         .limit(1)
         .scalar_subquery()
     )
     claimed = connection.execute(
         update(jobs)
-        .where(jobs.c.id == candidate, jobs.c.worker_id.is_(None))
+        .where(jobs.c.id == candidate, jobs.c.status == status, jobs.c.worker_id.is_(None))
         .values(worker_id=worker_id, heartbeat_at=heartbeat_at)
         .returning(jobs.c.id)
     ).scalar()

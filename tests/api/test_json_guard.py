@@ -54,3 +54,39 @@ def test_oversized_json_is_413(guarded: LiveServer) -> None:
         response = http.post("/completions", content=body.encode(), headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "\xff", "messages": []}',  # not UTF-8 (FastAPI: a vague 400 "http_error")
+        b"[" * 5000 + b"]" * 5000,  # deeper than the parser's recursion limit (FastAPI: the same)
+        b"[" * 5000 + b'"\\u0041"' + b"]" * 5000,  # the same with an escape (the surrogate check: a 500)
+        b'{"model": "tiny", "messages": ' + b"[" * 200 + b"]" * 200 + b"}",  # over MAX_JSON_DEPTH
+    ],
+    ids=["not-utf8", "deep", "deep-with-escape", "deeper-than-128"],
+)
+def test_undecodable_and_too_deep_json_is_invalid_json(guarded: LiveServer, body: bytes) -> None:
+    with guarded.http() as http:
+        response = http.post("/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_surrogates_encoded_as_bytes_are_invalid_unicode(guarded: LiveServer) -> None:
+    body = b'{"model": "a\xed\xa0\x80", "messages": [{"role": "user", "content": "hi"}]}'
+    with guarded.http() as http:
+        response = http.post("/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_unicode"
+
+
+def test_json_subtypes_are_guarded_too(guarded: LiveServer) -> None:
+    """FastAPI parses `application/…+json` as JSON, so the guard reads those as well."""
+    headers = {"content-type": "application/merge-patch+json"}
+    with guarded.http() as http:
+        body = b'{"model": "tiny", "prompt": ' + LONE.encode() + b"}"
+        lone = http.post("/completions", content=body, headers=headers)
+        large = http.post("/completions", content=b'{"prompt": "' + b"a" * 200_000 + b'"}', headers=headers)
+    assert lone.status_code == 400 and lone.json()["error"]["code"] == "invalid_unicode"
+    assert large.status_code == 413 and large.json()["error"]["code"] == "request_too_large"
