@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     settings = Settings()
     try:  # fail at start, not on the first request
-        _ = settings.api_key_organizations, settings.registered_base_models
+        _ = settings.key_organizations, settings.registered_base_models
     except ValueError as error:
         print(f"openft: {error}", file=sys.stderr)
         sys.exit(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,11 @@ class Settings(BaseSettings):
     api_keys: str = Field(
         "",
         description="Comma-separated `key:organization` pairs. Empty: single-user, loopback only.",
+    )
+    admin_keys: str = Field(
+        "",
+        description="Comma-separated `key:organization` pairs of admin keys: also API keys of their "
+        "organization, and when any is set only they may manage checkpoint permissions.",
     )
     base_models: str = Field(
         "",
@@ -137,6 +143,12 @@ class Settings(BaseSettings):
         "which takes minutes on a CPU); 0: up to the context length.",
     )
     result_file_base64: bool = Field(True, description="Serve step_metrics.csv base64-encoded, as OpenAI.")
+    wandb_integration: Literal["auto", "enabled", "disabled"] = Field(
+        "auto",
+        description="Whether jobs may have a `wandb` integration: 'auto' (when W&B is configured: WANDB_API_KEY, "
+        "a `wandb login` key in ~/.netrc, or WANDB_MODE=offline; not with WANDB_MODE=disabled), 'enabled' "
+        "(always) or 'disabled' (never); refused ones get 400 integration_not_available.",
+    )
 
     @cached_property
     def resolved_database_url(self) -> str:
@@ -146,14 +158,30 @@ class Settings(BaseSettings):
 
     @cached_property
     def api_key_organizations(self) -> dict[str, str]:
-        """Maps each configured key to its organization."""
-        pairs: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in self.api_keys.split(","))):
-            key, sep, organization = item.rpartition(":")
-            if not sep or not key or not organization:
-                raise ValueError(f"OPENFT_API_KEYS entry {item!r} is not `key:organization`")
-            pairs[key] = organization
-        return pairs
+        """Maps each key of OPENFT_API_KEYS to its organization."""
+        return _key_organizations(self.api_keys, "OPENFT_API_KEYS")
+
+    @cached_property
+    def admin_key_organizations(self) -> dict[str, str]:
+        """Maps each key of OPENFT_ADMIN_KEYS to its organization."""
+        return _key_organizations(self.admin_keys, "OPENFT_ADMIN_KEYS")
+
+    @cached_property
+    def key_organizations(self) -> dict[str, str]:
+        """Every key a caller may authenticate with (admin keys are API keys too), to its organization."""
+        for key, organization in self.admin_key_organizations.items():
+            other = self.api_key_organizations.get(key, organization)
+            if other != organization:
+                raise ValueError(
+                    f"OPENFT_ADMIN_KEYS gives a key of OPENFT_API_KEYS another organization ({organization!r}, "
+                    f"not {other!r})"
+                )
+        return {**self.api_key_organizations, **self.admin_key_organizations}
+
+    @property
+    def organizations(self) -> set[str]:
+        """The organizations this server knows: those of its keys, or the one of single-user mode."""
+        return set(self.key_organizations.values()) or {DEFAULT_ORGANIZATION}
 
     @cached_property
     def registered_base_models(self) -> dict[str, Path]:
@@ -172,7 +200,7 @@ class Settings(BaseSettings):
 
     @property
     def single_user(self) -> bool:
-        return not self.api_key_organizations
+        return not self.key_organizations
 
     @property
     def blobs_dir(self) -> Path:
@@ -181,3 +209,14 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.models_dir_override or self.data_dir / "models"
+
+
+def _key_organizations(value: str, variable: str) -> dict[str, str]:
+    """`key:organization` pairs, comma-separated (a key may hold colons: the last one splits)."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, sep, organization = item.rpartition(":")
+        if not sep or not key or not organization:
+            raise ValueError(f"{variable} entry {item!r} is not `key:organization`")
+        pairs[key] = organization
+    return pairs

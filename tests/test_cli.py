@@ -35,15 +35,18 @@ def cli_env(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 def test_data_check_names_every_broken_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    # A well-formed preference file is broken only for a supervised job: data check checks it as
+    # DPO data (test_data_check_understands_preference_pairs).
+    cases = [case for case in BROKEN if case.name != "dpo_file"]
     paths = []
-    for case in BROKEN:
+    for case in cases:
         paths.append(tmp_path / f"{case.name}.jsonl")
         paths[-1].write_bytes(case.content)
     result = run_openft("data", "check", "--model", "tiny", "--json", "--no-timing", *map(str, paths), env=cli_env)
     assert result.returncode == 1, result.stderr
     reports = json.loads(result.stdout)
-    assert len(reports) == len(BROKEN)
-    for case, report in zip(BROKEN, reports, strict=True):
+    assert len(reports) == len(cases)
+    for case, report in zip(cases, reports, strict=True):
         assert report["n_errors"] >= 1, case.name
         codes_and_lines = {(error["code"], error["line"]) for error in report["errors"]}
         assert (case.code, case.line or 0) in codes_and_lines, (case.name, report["errors"])
@@ -74,6 +77,33 @@ def test_data_check_reports_a_valid_file_with_measured_timing(cli_env: dict[str,
     assert as_json["n_examples"] == 12 and as_json["n_duplicates"] == 2
     expected_seconds = as_json["trained_tokens"] / as_json["tokens_per_second"]
     assert as_json["estimated_seconds"] == pytest.approx(expected_seconds, rel=0.05)
+
+
+def test_data_check_understands_preference_pairs(cli_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.api.test_dpo import preference_examples
+
+    good = tmp_path / "pairs.jsonl"
+    good.write_bytes(preference_examples(12))
+    report = json.loads(
+        run_openft("data", "check", "--model", "tiny", "--json", "--no-timing", str(good), env=cli_env).stdout
+    )
+    assert (report["format"], report["n_examples"], report["n_errors"]) == ("preference", 12, 0)
+    preferred, rejected = report["preferred_tokens"], report["non_preferred_tokens"]
+    assert rejected["mean"] > preferred["mean"]  # the non-preferred answers are the longer ones
+    assert report["tokens"]["mean"] == pytest.approx(preferred["mean"] + rejected["mean"], abs=0.2)
+    text = run_openft("data", "check", "--model", "tiny", "--no-timing", str(good), env=cli_env).stdout
+    assert "input + preferred answer: min " in text and "input + non-preferred answer: min " in text
+
+    broken = tmp_path / "broken-pairs.jsonl"
+    lines = preference_examples(12).decode().splitlines()
+    lines[4] = json.dumps({**json.loads(lines[4]), "non_preferred_output": []})
+    lines[7] = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    broken.write_text("\n".join(lines))
+    result = run_openft("data", "check", "--model", "tiny", "--json", "--no-timing", str(broken), env=cli_env)
+    assert result.returncode == 1
+    errors = {error["line"]: error["message"] for error in json.loads(result.stdout)["errors"]}
+    assert "exactly one assistant message" in errors[5]
+    assert "a file must use one format" in errors[8]  # as the service says it
 
 
 def test_data_check_refuses_missing_files_and_unknown_models(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -34,3 +34,28 @@ def test_malformed_pairs_are_refused(monkeypatch: pytest.MonkeyPatch, variable: 
     settings = Settings()
     with pytest.raises(ValueError, match=variable):
         _ = settings.api_key_organizations if variable == "OPENFT_API_KEYS" else settings.registered_base_models
+
+
+def test_admin_keys_are_keys_of_their_organization(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENFT_API_KEYS", "sk-a:acme,sk-b:globex")
+    monkeypatch.setenv("OPENFT_ADMIN_KEYS", "sk-admin:acme, sk-b:globex")
+    settings = Settings()
+    assert settings.admin_key_organizations == {"sk-admin": "acme", "sk-b": "globex"}
+    assert settings.key_organizations == {"sk-a": "acme", "sk-b": "globex", "sk-admin": "acme"}
+    assert settings.organizations == {"acme", "globex"}
+
+
+def test_admin_keys_alone_leave_single_user_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENFT_API_KEYS", raising=False)
+    monkeypatch.delenv("OPENFT_ADMIN_KEYS", raising=False)
+    assert Settings().single_user and Settings().organizations == {"personal"}
+    monkeypatch.setenv("OPENFT_ADMIN_KEYS", "sk-admin:acme")
+    assert not Settings().single_user and Settings().organizations == {"acme"}
+
+
+@pytest.mark.parametrize("admin_keys", ["no-organization", "sk-a:globex"])
+def test_malformed_or_conflicting_admin_keys_are_refused(monkeypatch: pytest.MonkeyPatch, admin_keys: str) -> None:
+    monkeypatch.setenv("OPENFT_API_KEYS", "sk-a:acme")
+    monkeypatch.setenv("OPENFT_ADMIN_KEYS", admin_keys)
+    with pytest.raises(ValueError, match="OPENFT_ADMIN_KEYS"):
+        _ = Settings().key_organizations

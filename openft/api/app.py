@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
-from openft.api import chat, files, fine_tuning, models, uploads
+from openft.api import chat, files, fine_tuning, models, permissions, uploads
 from openft.api.auth import current_caller
 from openft.api.errors import RequestIdMiddleware, install_error_handlers
 from openft.api.json_guard import JsonBodyGuard
@@ -25,7 +25,7 @@ def create_app(services: Services) -> FastAPI:
         # Instead of FastAPI's 422 with its own body: every refusal is an OpenAI-style error (docs/errors.md).
         responses={"default": {"model": ErrorResponse, "description": "An error: see docs/errors.md."}},
     )
-    for module in (files, uploads, fine_tuning, models, chat):
+    for module in (files, uploads, fine_tuning, permissions, models, chat):
         v1.include_router(module.router)
     app.include_router(v1)
 

@@ -16,11 +16,13 @@ from openft.errors import AuthenticationFailed, PermissionDenied
 @dataclass(frozen=True)
 class Caller:
     organization: str
+    admin: bool = False  # authenticated with one of OPENFT_ADMIN_KEYS
 
 
 def authenticate(settings: Settings, authorization: str | None) -> Caller:
-    """Single-user mode (no keys configured) accepts any caller into one organization."""
-    keys = settings.api_key_organizations
+    """Single-user mode (no keys configured) accepts any caller into one organization. Admin keys
+    are API keys of their organization too, marked as admin."""
+    keys = settings.key_organizations
     if not keys:
         return Caller(organization=DEFAULT_ORGANIZATION)
     scheme, _, token = (authorization or "").partition(" ")
@@ -33,7 +35,7 @@ def authenticate(settings: Settings, authorization: str | None) -> Caller:
         )
     for key, organization in keys.items():
         if hmac.compare_digest(key.encode(), token.encode()):
-            return Caller(organization=organization)
+            return Caller(organization=organization, admin=key in settings.admin_key_organizations)
     raise AuthenticationFailed(f"Incorrect API key provided: {_mask(token)}.", code="invalid_api_key")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from openft.engine.convert import atomic_dir
 from openft.engine.data import (
-    IGNORE_INDEX,
     Batch,
     TokenizedExample,
     collate,
@@ -28,6 +28,8 @@ from openft.engine.data import (
     tokenize_example,
 )
 from openft.engine.devices import resolve_device
+from openft.engine.dpo import PreferenceObjective, tokenize_pair
+from openft.engine.lm import StepStats, causal_lm, labeled_logits
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ class TrainConfig:
     learning_rate: float = 1e-4  # peak rate; see `lr_at`
     seed: int = 0
     method: Literal["lora", "full"] = "lora"
+    training_method: Literal["supervised", "dpo"] = "supervised"  # OpenAI's method.type
+    dpo_beta: float = 0.1  # DPO: how far the model may move from the reference (see engine/dpo.py)
+    # Continued fine-tuning: start from this PEFT adapter (LoRA only): its rank, alpha and target
+    # modules are kept, the lora_* settings are not used.
+    init_adapter: Path | None = None
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -85,6 +92,10 @@ class StepMetrics:
     valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None  # whole validation set, at the end of each epoch
     full_valid_mean_token_accuracy: float | None = None
+    # DPO: the accuracy fields hold preference accuracy, and these the mean reward margin.
+    train_reward_margin: float | None = None
+    valid_reward_margin: float | None = None
+    full_valid_reward_margin: float | None = None
 
 
 @dataclass(frozen=True)
@@ -141,25 +152,20 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
 
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
     model = _load_model(config, device)
-    max_positions = int(_causal_lm(model).config.max_position_embeddings)
+    max_positions = int(causal_lm(model).config.max_position_embeddings)
     max_seq_len = config.max_seq_len or min(max_positions, DEFAULT_MAX_SEQ_LEN)
-    train_set = _load_examples(config.train_file, tokenizer, max_seq_len)
-    if not train_set:
+    objective = _objective(config, tokenizer, max_seq_len)
+    if not objective.lengths:
         raise ValueError(f"{config.train_file} has no examples")
-    valid_set: list[TokenizedExample] = []
-    if config.validation_file:
-        valid_set = _load_examples(config.validation_file, tokenizer, max_seq_len)
-    pad_id = _pad_id(tokenizer)
-    valid_batches = [
-        collate([valid_set[i] for i in b], pad_id)
-        for b in epoch_batches([len(e.input_ids) for e in valid_set], config.batch_size, config.seed, 0)
-    ]
+    if isinstance(objective, PreferenceObjective):
+        objective.compute_references(model, device)  # the network as the job starts
+    valid_batches = epoch_batches(objective.valid_lengths, config.batch_size, config.seed, 0)
 
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = math.ceil(len(objective.lengths) / config.batch_size)
     total_steps = config.n_epochs * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    fingerprint = _fingerprint(config, train_set)
+    fingerprint = _fingerprint(config, objective.lengths)
     step, tokens_seen = 0, 0
     if config.resume_from:
         step, tokens_seen = _load_resume(config.resume_from, model, optimizer, fingerprint)
@@ -168,22 +174,21 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         StartInfo(
             total_steps=total_steps,
             start_step=step,
-            n_train_examples=len(train_set),
-            n_valid_examples=len(valid_set),
-            n_truncated=sum(e.truncated for e in train_set),
+            n_train_examples=len(objective.lengths),
+            n_valid_examples=len(objective.valid_lengths),
+            n_truncated=objective.n_truncated,
             trainable_params=sum(p.numel() for p in params),
             device=str(device),
         )
     )
-    logger.info("training %d examples for %d steps on %s", len(train_set), total_steps, device)
-    lengths = [len(e.input_ids) for e in train_set]
+    logger.info("training %d examples for %d steps on %s", len(objective.lengths), total_steps, device)
     batches: list[list[int]] = []
     last_saved = time.monotonic()
     model.train()
     while step < total_steps:
         epoch, index = divmod(step, steps_per_epoch)
         if index == 0 or not batches:
-            batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
+            batches = epoch_batches(objective.lengths, config.batch_size, config.seed, epoch)
         stop = cb.should_stop()
         if stop == "cancel":
             logger.info("cancelled before step %d", step + 1)
@@ -195,9 +200,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             return TrainResult("paused", step, total_steps, tokens_seen, None, state)
 
         started = time.perf_counter()
-        batch = collate([train_set[i] for i in batches[index]], pad_id)
+        batch, extra = objective.batch(batches[index])
         lr = lr_at(step, total_steps, config.learning_rate)
-        loss, accuracy = _train_step(model, optimizer, params, batch.to(device), lr)
+        stats = _train_step(model, optimizer, params, objective, batch.to(device), cast(Any, extra), lr)
+        loss = stats.loss.item()
         step += 1
         tokens_seen += batch.n_tokens
         logger.info(
@@ -206,21 +212,35 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             total_steps,
             epoch + 1,
             loss,
-            accuracy,
+            stats.accuracy,
             lr,
             batch.n_tokens / (time.perf_counter() - started),
         )
 
-        valid: tuple[float, float] | tuple[None, None] = (None, None)
+        valid = _NO_STATS
         if valid_batches and config.eval_interval and step % config.eval_interval == 0:
             # Walk the validation batches in a fixed cycle, so a resumed run sees the same ones.
             cycle = (step // config.eval_interval - 1) % len(valid_batches)
-            valid = _evaluate(model, [valid_batches[cycle]], device)
+            valid = _evaluate(model, objective, [valid_batches[cycle]], device)
         end_of_epoch = index == steps_per_epoch - 1
-        full_valid: tuple[float, float] | tuple[None, None] = (None, None)
+        full_valid = _NO_STATS
         if valid_batches and end_of_epoch:
-            full_valid = _evaluate(model, valid_batches, device)
-        metrics = StepMetrics(step, total_steps, epoch + 1, loss, accuracy, tokens_seen, *valid, *full_valid)
+            full_valid = _evaluate(model, objective, valid_batches, device)
+        metrics = StepMetrics(
+            step,
+            total_steps,
+            epoch + 1,
+            loss,
+            stats.accuracy,
+            tokens_seen,
+            valid.loss,
+            valid.accuracy,
+            full_valid.loss,
+            full_valid.accuracy,
+            stats.margin,
+            valid.margin,
+            full_valid.margin,
+        )
         cb.on_step(metrics)
         if end_of_epoch:
             path = _save_checkpoint(config, model, tokenizer, step)
@@ -236,6 +256,53 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     return TrainResult("completed", step, total_steps, tokens_seen, final, None)
 
 
+@dataclass(frozen=True)
+class _Figures:
+    """A step's or a validation's figures, for StepMetrics."""
+
+    loss: float | None
+    accuracy: float | None  # token accuracy (supervised) or preference accuracy (DPO)
+    margin: float | None = None  # DPO's mean reward margin
+
+
+_NO_STATS = _Figures(None, None)
+
+
+class SupervisedObjective:
+    """Cross-entropy on the labeled (assistant) tokens; accuracy: the argmax is the label."""
+
+    def __init__(self, train_set: list[TokenizedExample], valid_set: list[TokenizedExample], pad_id: int) -> None:
+        self.train_set, self.valid_set, self.pad_id = train_set, valid_set, pad_id
+        self.lengths = [len(e.input_ids) for e in train_set]
+        self.valid_lengths = [len(e.input_ids) for e in valid_set]
+        self.n_truncated = sum(e.truncated for e in train_set)
+
+    def batch(self, indices: Sequence[int], valid: bool = False) -> tuple[Batch, None]:
+        examples = self.valid_set if valid else self.train_set
+        return collate([examples[i] for i in indices], self.pad_id), None
+
+    def stats(self, model: torch.nn.Module, batch: Batch, _extra: None) -> StepStats:
+        loss_sum, correct, count = _token_stats(model, batch)
+        return StepStats(loss_sum / max(count, 1), correct / max(count, 1), count)
+
+
+Objective = SupervisedObjective | PreferenceObjective
+
+
+def _objective(config: TrainConfig, tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> Objective:
+    pad_id = _pad_id(tokenizer)
+    if config.training_method == "dpo":
+        train_pairs = [tokenize_pair(tokenizer, e, max_seq_len) for e in _read_jsonl(config.train_file)]
+        valid_pairs = []
+        if config.validation_file:
+            valid_pairs = [tokenize_pair(tokenizer, e, max_seq_len) for e in _read_jsonl(config.validation_file)]
+        return PreferenceObjective(train_pairs, valid_pairs, pad_id, config.batch_size, config.dpo_beta)
+    valid_set: list[TokenizedExample] = []
+    if config.validation_file:
+        valid_set = _load_examples(config.validation_file, tokenizer, max_seq_len)
+    return SupervisedObjective(_load_examples(config.train_file, tokenizer, max_seq_len), valid_set, pad_id)
+
+
 def _load_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
     # LoRA on CUDA keeps the frozen base in bf16 (PEFT keeps adapters fp32). Full
     # fine-tuning keeps fp32 master weights: bf16 would round small updates away.
@@ -245,6 +312,8 @@ def _load_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(config.base_model_dir, dtype=dtype, device_map=device)
     if not lora:
         return model
+    if config.init_adapter is not None:
+        return PeftModel.from_pretrained(model, str(config.init_adapter), is_trainable=True)
     targets = config.lora_target_modules
     peft_config = LoraConfig(
         task_type="CAUSAL_LM",
@@ -256,10 +325,13 @@ def _load_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
     return get_peft_model(model, peft_config)
 
 
-def _load_examples(path: Path, tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> list[TokenizedExample]:
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    examples = [tokenize_example(tokenizer, json.loads(line), max_seq_len) for line in lines]
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _load_examples(path: Path, tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> list[TokenizedExample]:
+    examples = [tokenize_example(tokenizer, example, max_seq_len) for example in _read_jsonl(path)]
     if unlabeled := sum(e.n_labeled == 0 for e in examples):
         logger.warning("%s: %d examples have no trained tokens", path.name, unlabeled)
     return examples
@@ -277,77 +349,51 @@ def _train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     params: Sequence[torch.nn.Parameter],
+    objective: Objective,
     batch: Batch,
+    extra: Any,
     lr: float,
-) -> tuple[float, float]:
+) -> StepStats:
+    """Trains on one batch; the stats' loss is detached."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss_sum, correct, count = _token_stats(model, batch)
-    loss = loss_sum / max(count, 1)
-    loss.backward()
+    stats = objective.stats(model, batch, extra)
+    stats.loss.backward()
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item(), correct / max(count, 1)
+    return dataclasses.replace(stats, loss=stats.loss.detach())
 
 
 @torch.no_grad()
-def _evaluate(model: torch.nn.Module, batches: Sequence[Batch], device: torch.device) -> tuple[float, float]:
-    """Loss and token accuracy over all labeled tokens of `batches`."""
+def _evaluate(
+    model: torch.nn.Module, objective: Objective, batches: Sequence[list[int]], device: torch.device
+) -> _Figures:
+    """The objective's figures over the validation examples of `batches`, weighted as the loss is
+    (per labeled token, or per pair)."""
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for batch in batches:
-        batch_loss, batch_correct, batch_count = _token_stats(model, batch.to(device))
-        loss_sum += batch_loss.item()
-        correct += batch_correct
-        count += batch_count
+    loss, accuracy, margin, weight = 0.0, 0.0, 0.0, 0
+    for indices in batches:
+        batch, extra = objective.batch(indices, valid=True)
+        extra = cast(Any, extra)  # what this objective's batch goes with
+        stats = objective.stats(model, batch.to(device), extra)
+        loss += stats.loss.item() * stats.weight
+        accuracy += stats.accuracy * stats.weight
+        margin += (stats.margin or 0.0) * stats.weight
+        weight += stats.weight
     model.train()
-    return loss_sum / max(count, 1), correct / max(count, 1)
+    weight = max(weight, 1)
+    has_margin = isinstance(objective, PreferenceObjective)
+    return _Figures(loss / weight, accuracy / weight, margin / weight if has_margin else None)
 
 
 def _token_stats(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int, int]:
-    """(summed cross-entropy, correct argmax predictions, labeled tokens) of one batch.
-
-    Runs the decoder to hidden states and applies the LM head only where a label is,
-    sparing the (tokens x vocab) logits of prompts and padding.
-    """
-    lm = _causal_lm(model)
-    on_cuda = batch.input_ids.is_cuda
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
-        hidden = lm.get_decoder()(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-        ).last_hidden_state
-        # The hidden state at position t predicts the token at t + 1.
-        targets = batch.labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        logits = _lm_logits(lm, hidden[:, :-1][keep]).float()
-    targets = targets[keep]
+    """(summed cross-entropy, correct argmax predictions, labeled tokens) of one batch."""
+    logits, targets, _ = labeled_logits(model, batch)
     # Summed so that an all-unlabeled batch gives 0 rather than NaN.
     loss_sum = F.cross_entropy(logits, targets, reduction="sum")
     correct = int((logits.argmax(dim=-1) == targets).sum())
     return loss_sum, correct, targets.numel()
-
-
-def _causal_lm(model: torch.nn.Module) -> PreTrainedModel:
-    """The transformers model itself (inside PEFT's wrapper, with the LoRA layers in it)."""
-    lm = model.get_base_model() if isinstance(model, PeftModel) else model
-    assert isinstance(lm, PreTrainedModel)
-    return lm
-
-
-def _lm_logits(lm: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    head = lm.get_output_embeddings()
-    assert isinstance(head, torch.nn.Module)
-    logits: torch.Tensor = head(hidden)
-    # Bypassing forward() skips the logit post-processing a few architectures do there.
-    config = lm.config
-    if cap := getattr(config, "final_logit_softcapping", None):  # Gemma 2/3
-        logits = torch.tanh(logits / cap) * cap
-    if scale := getattr(config, "logit_scale", None):  # Cohere
-        logits = logits * scale
-    if scaling := getattr(config, "logits_scaling", None):  # Granite
-        logits = logits / scaling
-    return logits
 
 
 def _checkpoint_dir(output_dir: Path, step: int) -> Path:
@@ -368,14 +414,15 @@ def _save_checkpoint(
     return path
 
 
-def _fingerprint(config: TrainConfig, train_set: Sequence[TokenizedExample]) -> dict[str, Any]:
+def _fingerprint(config: TrainConfig, lengths: Sequence[int]) -> dict[str, Any]:
     """What must not change between a pause and its resume for the step count to mean the same."""
     return {
         "method": config.method,
+        **({"training_method": config.training_method} if config.training_method != "supervised" else {}),
         "seed": config.seed,
         "batch_size": config.batch_size,
         "n_epochs": config.n_epochs,
-        "lengths": [len(e.input_ids) for e in train_set],
+        "lengths": list(lengths),
     }
 
 

@@ -40,12 +40,29 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | float | None = "auto"
+
+    @field_validator("beta", mode="before")
+    @classmethod
+    def _beta_not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number or 'auto', not a boolean")
+        return value
+
+
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -128,7 +145,7 @@ class FineTuningJob(BaseModel):
     error: JobError | None
     fine_tuned_model: str | None
     finished_at: int | None
-    hyperparameters: Hyperparameters
+    hyperparameters: Hyperparameters | None  # null for DPO jobs, as OpenAI shows them
     model: str
     organization_id: str
     result_files: list[str]

@@ -11,6 +11,7 @@ from openft.service.chat import ChatService
 from openft.service.files import FileService
 from openft.service.jobs import JobService
 from openft.service.models import BaseModelRegistry
+from openft.service.permissions import PermissionService
 from openft.service.quotas import Quotas
 from openft.service.uploads import UploadService
 from openft.service.worker import Worker
@@ -27,6 +28,7 @@ class Services:
     base_models: BaseModelRegistry
     jobs: JobService
     models: ModelCatalog
+    permissions: PermissionService
     chat: ChatService
 
     def new_worker(self) -> Worker:
@@ -53,7 +55,8 @@ def build_services(settings: Settings) -> Services:
         files=files,
         uploads=UploadService(database, blobs, files, settings),
         base_models=base_models,
-        jobs=JobService(database, files, base_models, settings),
+        jobs=JobService(database, files, base_models, catalog, settings),
         models=catalog,
+        permissions=PermissionService(database, catalog, settings),
         chat=ChatService(catalog, base_models, settings),
     )

@@ -44,6 +44,9 @@ class DataReport:
     n_errors: int = 0
     errors: list[LineError] = field(default_factory=list)
     tokens: TokenDistribution | None = None
+    # Preference (DPO) files: each sequence of the pairs, the input with one answer.
+    preferred_tokens: TokenDistribution | None = None
+    non_preferred_tokens: TokenDistribution | None = None
     context_length: int = 0
     n_over_context: int = 0
     n_without_system: int = 0
@@ -65,13 +68,17 @@ def build_report(
     model: str,
     count_tokens: Callable[[dict[str, Any]], int],
     context_length: int,
+    count_pair: Callable[[dict[str, Any]], tuple[int, int]] | None = None,
     min_examples: int,
     epochs: int | None,
 ) -> DataReport:
     report = DataReport(file=str(path), model=model, format=None, context_length=context_length)
     lengths: list[int] = []
+    pairs: list[tuple[int, int]] = []
     seen: set[bytes] = set()
-    for line in training_data.scan(path, "training_file"):
+    # A file is checked as what its first example is: preference pairs for DPO, else supervised.
+    expected: training_data.Format = "preference" if training_data.first_format(path) == "preference" else "chat"
+    for line in training_data.scan(path, "training_file", expected, path.name):
         if line.error is not None:
             report.n_errors += 1
             if len(report.errors) < MAX_ERRORS_LISTED:
@@ -81,6 +88,8 @@ def build_report(
         report.format = report.format or line.format
         report.n_examples += 1
         lengths.append(count_tokens(line.example))
+        if line.format == "preference" and count_pair is not None:
+            pairs.append(count_pair(line.example))
         _note_roles(report, line.example)
         digest = hashlib.sha256(json.dumps(line.example, sort_keys=True).encode()).digest()
         report.n_duplicates += digest in seen
@@ -96,10 +105,17 @@ def build_report(
         )
     if lengths:
         _summarize_tokens(report, lengths, epochs)
+    if pairs:
+        report.preferred_tokens = _distribution(sorted(p for p, _ in pairs))
+        report.non_preferred_tokens = _distribution(sorted(n for _, n in pairs))
     return report
 
 
 def _note_roles(report: DataReport, example: dict[str, Any]) -> None:
+    if "input" in example:  # a preference pair: its answers are assistant messages by the rules
+        roles = {message.get("role") for message in example["input"]["messages"]}
+        report.n_without_system += not roles & {"system", "developer"}
+        return
     if "messages" not in example:
         return
     roles = {message.get("role") for message in example["messages"]}
@@ -109,13 +125,7 @@ def _note_roles(report: DataReport, example: dict[str, Any]) -> None:
 
 def _summarize_tokens(report: DataReport, lengths: list[int], epochs: int | None) -> None:
     ordered = sorted(lengths)
-    report.tokens = TokenDistribution(
-        min=ordered[0],
-        max=ordered[-1],
-        mean=round(statistics.fmean(ordered), 1),
-        p50=_percentile(ordered, 50),
-        p90=_percentile(ordered, 90),
-    )
+    report.tokens = _distribution(ordered)
     report.n_over_context = sum(length > report.context_length for length in ordered)
     report.n_epochs = epochs or hyperparameters.auto_epochs(len(ordered))
     report.trained_tokens = report.n_epochs * sum(min(length, report.context_length) for length in ordered)
@@ -125,6 +135,16 @@ def _summarize_tokens(report: DataReport, lengths: list[int], epochs: int | None
         report.problems.append(
             f"{report.n_over_context} example(s) are longer than {report.context_length} tokens and will be truncated"
         )
+
+
+def _distribution(ordered: list[int]) -> TokenDistribution:
+    return TokenDistribution(
+        min=ordered[0],
+        max=ordered[-1],
+        mean=round(statistics.fmean(ordered), 1),
+        p50=_percentile(ordered, 50),
+        p90=_percentile(ordered, 90),
+    )
 
 
 def _percentile(ordered: list[int], percent: int) -> float:
@@ -145,6 +165,13 @@ def format_report(report: DataReport) -> str:
     if report.tokens:
         t = report.tokens
         lines.append(f"  tokens per example: min {t.min}, max {t.max}, mean {t.mean}, p50 {t.p50}, p90 {t.p90}")
+        for label, pair_tokens in (
+            ("preferred", report.preferred_tokens),
+            ("non-preferred", report.non_preferred_tokens),
+        ):
+            if pair_tokens is not None:
+                d = pair_tokens
+                lines.append(f"    input + {label} answer: min {d.min}, max {d.max}, mean {d.mean}, p50 {d.p50}")
         lines.append(f"  longer than the context ({report.context_length} tokens): {report.n_over_context}")
         lines.append(f"  without a system message: {report.n_without_system}")
         lines.append(f"  without an assistant message: {report.n_without_assistant}")
@@ -189,6 +216,7 @@ def check_training_file(
         path,
         model=model,
         count_tokens=counter.count,
+        count_pair=counter.count_pair,
         context_length=settings.max_seq_len,
         min_examples=settings.min_training_examples,
         epochs=epochs,
@@ -206,13 +234,23 @@ def _throughput(path: Path, model: str, model_dir: Path, settings: Settings) -> 
     key = f"{model}|{settings.training_device}"
     known: dict[str, float] = json.loads(cache.read_text()) if cache.is_file() else {}
     if key not in known:
-        examples = [line.example for line, _ in zip(training_data.scan(path, "training_file"), range(8), strict=False)]
+        expected: training_data.Format = "preference" if training_data.first_format(path) == "preference" else "chat"
+        lines = zip(training_data.scan(path, "training_file", expected), range(8), strict=False)
+        # A preference pair is timed as the input with its preferred answer: a DPO step trains on
+        # both answers, which the trained-token count already counts.
+        examples = [_as_chat(line.example) for line, _ in lines if line.example is not None]
         known[key] = measure_training_throughput(
             model_dir,
-            [example for example in examples if example is not None],
+            examples,
             max_seq_len=settings.max_seq_len,
             device=settings.training_device,
         )
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known, indent=1))
     return known[key]
+
+
+def _as_chat(example: dict[str, Any]) -> dict[str, Any]:
+    if "input" not in example:
+        return example
+    return {"messages": [*example["input"]["messages"], *example["preferred_output"]]}

@@ -6,6 +6,7 @@ The rules for "auto" (documented in docs/training.md):
 - batch_size: ceil(0.2 % of the examples), from 1 to 256 (1 up to 500 examples).
 - learning_rate_multiplier: `OPENFT_AUTO_LEARNING_RATE_MULTIPLIER` (2.0); the learning rate is
   `OPENFT_BASE_LEARNING_RATE` (LoRA) x multiplier.
+- beta (DPO only): 0.1, the value of the DPO paper and TRL's default.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from openft.protocol.fine_tuning import Hyperparameters
 
 MAX_EPOCHS = 50
 MAX_BATCH_SIZE = 256
+MAX_BETA = 2.0
+AUTO_BETA = 0.1
 
 
 @dataclass(frozen=True)
@@ -25,13 +28,17 @@ class Resolved:
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    beta: float | None = None  # DPO jobs only
 
     def as_dict(self) -> dict[str, int | float]:
-        return {
+        values: dict[str, int | float] = {
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,
             "learning_rate_multiplier": self.learning_rate_multiplier,
         }
+        if self.beta is not None:
+            values["beta"] = self.beta
+        return values
 
 
 def check(requested: Hyperparameters, param_prefix: str) -> None:
@@ -44,6 +51,9 @@ def check(requested: Hyperparameters, param_prefix: str) -> None:
     multiplier = requested.learning_rate_multiplier
     if multiplier not in ("auto", None) and not (isinstance(multiplier, float | int) and 0 < multiplier <= 100):
         raise _out_of_range(f"{param_prefix}.learning_rate_multiplier", "a number above 0 (at most 100)")
+    beta = getattr(requested, "beta", None)
+    if beta not in ("auto", None) and not (isinstance(beta, float | int) and 0 < beta <= MAX_BETA):
+        raise _out_of_range(f"{param_prefix}.beta", f"a number above 0, at most {MAX_BETA:g}")
 
 
 def _out_of_range(param: str, expected: str) -> InvalidRequest:
@@ -53,13 +63,19 @@ def _out_of_range(param: str, expected: str) -> InvalidRequest:
 
 
 def resolve(requested: dict[str, object], n_examples: int, auto_multiplier: float) -> Resolved:
+    """`requested` holds `beta` for DPO jobs only ("auto" or a number)."""
     n_epochs = requested.get("n_epochs")
     batch_size = requested.get("batch_size")
     multiplier = requested.get("learning_rate_multiplier")
+    beta: float | None = None
+    if "beta" in requested:
+        given = requested["beta"]
+        beta = float(given) if isinstance(given, int | float) else AUTO_BETA
     return Resolved(
         n_epochs=int(n_epochs) if isinstance(n_epochs, int) else auto_epochs(n_examples),
         batch_size=int(batch_size) if isinstance(batch_size, int) else auto_batch_size(n_examples),
         learning_rate_multiplier=float(multiplier) if isinstance(multiplier, int | float) else auto_multiplier,
+        beta=beta,
     )
 
 

@@ -15,6 +15,8 @@ from openft.protocol.fine_tuning import (
     CheckpointList,
     CheckpointMetrics,
     CreateJobRequest,
+    DpoHyperparameters,
+    DpoMethod,
     EventList,
     FineTuningJob,
     FineTuningJobCheckpoint,
@@ -26,7 +28,8 @@ from openft.protocol.fine_tuning import (
     Method,
     SupervisedMethod,
 )
-from openft.service import hyperparameters
+from openft.service import hyperparameters, wandb_run
+from openft.service.catalog import ModelCatalog
 from openft.service.files import FileService
 from openft.service.lifecycle import ACTIVE, TERMINAL, add_event, transition
 from openft.service.models import BaseModelRegistry
@@ -46,11 +49,17 @@ PAUSE_POLL_SECONDS = 0.2
 
 class JobService:
     def __init__(
-        self, database: Database, files: FileService, base_models: BaseModelRegistry, settings: Settings
+        self,
+        database: Database,
+        files: FileService,
+        base_models: BaseModelRegistry,
+        catalog: ModelCatalog,
+        settings: Settings,
     ) -> None:
         self.database = database
         self.files = files
         self.base_models = base_models
+        self.catalog = catalog
         self.settings = settings
         self.quotas = files.quotas
 
@@ -58,12 +67,8 @@ class JobService:
         """`limits` receives what the job quotas leave after this one."""
         requested, param_prefix = _requested_hyperparameters(request)
         hyperparameters.check(requested, param_prefix)
-        if self.base_models.find(request.model) is None:
-            raise InvalidRequest(
-                f"Model {request.model} is not available for fine-tuning or does not exist.",
-                param="model",
-                code="model_not_available",
-            )
+        wandb_run.check_integrations(request.integrations, self.settings.wandb_integration)
+        base_model, start_from = self._starting_point(organization, request.model)
         self._check_file(organization, request.training_file, "training_file")
         if request.validation_file is not None:
             self._check_file(organization, request.validation_file, "validation_file")
@@ -79,7 +84,7 @@ class JobService:
             estimated_finish=None,
             suffix=request.suffix,
             seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
-            method_type="supervised",
+            method_type=request.method.type if request.method else "supervised",
             hyperparameters={"requested": requested.model_dump(), "resolved": None},
             metadata=request.metadata,
             integrations=[integration.model_dump() for integration in request.integrations or []] or None,
@@ -92,6 +97,8 @@ class JobService:
             heartbeat_at=None,
             attempts=0,
             resume_from=None,
+            base_model=base_model,
+            start_from=start_from,
         )
         validating = f"Validating training file: {record.training_file}"
         if record.validation_file:
@@ -104,6 +111,20 @@ class JobService:
             if limits is not None:
                 limits.requests = self.quotas.job_allowance(connection, organization)
         return to_wire(record)
+
+    def _starting_point(self, organization: str, model: str) -> tuple[str, str | None]:
+        """(the base model trained, the fine-tuned model or checkpoint the job continues, if any)."""
+        if self.base_models.find(model) is not None:
+            return model, None
+        try:  # continued fine-tuning: a model of the caller's organization, or shared with it
+            _, base_model = self.catalog.usable_checkpoint(organization, model)
+        except NotFound:
+            raise InvalidRequest(
+                f"Model {model} is not available for fine-tuning or does not exist.",
+                param="model",
+                code="model_not_available",
+            ) from None
+        return base_model, model
 
     def _check_file(self, organization: str, file_id: str, param: str) -> None:
         try:
@@ -225,13 +246,21 @@ class JobService:
 
 
 def _requested_hyperparameters(request: CreateJobRequest) -> tuple[Hyperparameters, str]:
-    if request.method is not None and request.method.type != "supervised":
+    """The hyperparameters the request gives for its method, and how it spelled where they are."""
+    method = request.method
+    if method is not None and method.type == "reinforcement":
         raise InvalidRequest(
-            f"The '{request.method.type}' fine-tuning method is not supported yet; use 'supervised'.",
+            "The 'reinforcement' fine-tuning method is not supported yet; use 'supervised' or 'dpo'.",
             param="method.type",
             code="unsupported_method",
         )
-    supervised = request.method.supervised if request.method else None
+    if method is not None and method.type == "dpo":
+        if method.dpo is not None and method.dpo.hyperparameters is not None:
+            return method.dpo.hyperparameters, "method.dpo.hyperparameters"
+        # The deprecated top-level field, with DPO's own beta.
+        given = request.hyperparameters.model_dump() if request.hyperparameters else {}
+        return DpoHyperparameters(**given), "hyperparameters"
+    supervised = method.supervised if method else None
     if supervised is not None and supervised.hyperparameters is not None:
         return supervised.hyperparameters, "method.supervised.hyperparameters"
     return request.hyperparameters or Hyperparameters(), "hyperparameters"
@@ -239,14 +268,21 @@ def _requested_hyperparameters(request: CreateJobRequest) -> tuple[Hyperparamete
 
 def to_wire(record: JobRecord) -> FineTuningJob:
     shown: dict[str, Any] = record.hyperparameters.get("resolved") or record.hyperparameters["requested"]
-    values = Hyperparameters(**{key: "auto" if value is None else value for key, value in shown.items()})
+    concrete = {key: "auto" if value is None else value for key, value in shown.items()}
+    if record.method_type == "dpo":
+        # As OpenAI shows DPO jobs: the values under method.dpo, top-level hyperparameters null.
+        method = Method(type="dpo", dpo=DpoMethod(hyperparameters=DpoHyperparameters(**concrete)))
+        top_level: Hyperparameters | None = None
+    else:
+        top_level = Hyperparameters(**concrete)
+        method = Method(type="supervised", supervised=SupervisedMethod(hyperparameters=top_level))
     return FineTuningJob(
         id=record.id,
         created_at=record.created_at,
         error=JobError(**record.error) if record.error else None,
         fine_tuned_model=record.fine_tuned_model,
         finished_at=record.finished_at,
-        hyperparameters=values,
+        hyperparameters=top_level,
         model=record.model,
         organization_id=organization_id(record.organization),
         result_files=record.result_files,
@@ -258,7 +294,7 @@ def to_wire(record: JobRecord) -> FineTuningJob:
         estimated_finish=record.estimated_finish if record.status not in TERMINAL else None,
         integrations=[Integration(**item) for item in record.integrations] if record.integrations else [],
         metadata=record.metadata,
-        method=Method(type="supervised", supervised=SupervisedMethod(hyperparameters=values)),
+        method=method,
         user_provided_suffix=record.suffix,
     )
 

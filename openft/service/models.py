@@ -84,10 +84,10 @@ class BaseModelRegistry:
             return convert_gguf(model.gguf, self.settings.models_dir / model.id)
 
 
-def model_not_found(model_id: str) -> NotFound:
+def model_not_found(model_id: str, *, param: str = "model") -> NotFound:
     return NotFound(
         f"The model `{model_id}` does not exist or you do not have access to it.",
-        param="model",
+        param=param,
         code="model_not_found",
     )
 

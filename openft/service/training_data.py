@@ -45,8 +45,10 @@ class Line:
     error: DataError | None
 
 
-def scan(path: Path, param: str, expected: Format = "chat") -> Iterator[Line]:
-    """Checks every line, a line at a time (memory stays bounded), carrying on past problems."""
+def scan(path: Path, param: str, expected: Format = "chat", file_id: str = "") -> Iterator[Line]:
+    """Checks every line, a line at a time (memory stays bounded), carrying on past problems.
+    `expected` is "preference" for a DPO job, else chat or prompt/completion; `file_id` names the
+    file in the error for a file in the wrong format."""
     first_format: Format | None = None
     for number, example, framing_error in _parse_lines(path, param):
         if framing_error is not None or example is None:
@@ -65,7 +67,25 @@ def scan(path: Path, param: str, expected: Format = "chat") -> Iterator[Line]:
                 "method; use chat messages, or method type 'dpo'.",
                 param,
             )
+        if error is None and found is not None and found != "preference" and expected == "preference":
+            # OpenAI's words (trailing space included); its format names are fine-tune-chat and fine-tune.
+            kind = "fine-tune-chat" if found == "chat" else "fine-tune"
+            error = DataError(
+                _code(param),
+                f"{_prefix(param)} Invalid file format. Input file {file_id} is in the {kind} format, but the "
+                "specified fine-tuning job is not using 'supervised' as the training method (provided "
+                "method=dpo). ",
+                param,
+            )
         yield Line(number, example if error is None else None, found, error)
+
+
+def first_format(path: Path) -> Format | None:
+    """The format of the file's first example (what `openft data check` checks the file as)."""
+    for _, example, _ in _parse_lines(path, "training_file"):
+        if example is not None:
+            return detect_format(example)
+    return None
 
 
 def check_file(
@@ -74,11 +94,12 @@ def check_file(
     *,
     min_examples: int,
     expected: Format = "chat",
+    file_id: str = "",
     on_example: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> DataSummary:
     """Checks a training or validation file; raises DataError at the first problem."""
     summary = DataSummary()
-    for line in scan(path, param, expected):
+    for line in scan(path, param, expected, file_id):
         if line.error is not None:
             raise line.error
         assert line.example is not None
@@ -179,6 +200,7 @@ def check_example(example: dict[str, Any], found: Format, number: int, param: st
             raise _invalid(param, number, "has an empty 'completion': there is nothing to learn")
         return
     if found == "preference":
+        check_preference(example, number, param)
         return
     messages = example["messages"]
     if not isinstance(messages, list) or not messages:
@@ -191,6 +213,34 @@ def check_example(example: dict[str, Any], found: Format, number: int, param: st
     learnable = [m for m in messages if m["role"] == "assistant" and m.get("weight", 1) == 1]
     if not learnable:
         raise _invalid(param, number, "has no assistant message to learn from (every example needs one with weight 1)")
+
+
+def check_preference(example: dict[str, Any], number: int, param: str) -> None:
+    """OpenAI's preference format: an input conversation (tools allowed) that doesn't end with an
+    assistant turn, and exactly one assistant message in each of the two outputs."""
+    source = example.get("input")
+    if not isinstance(source, dict):
+        raise _invalid(param, number, "has no 'input' object with the conversation to answer")
+    messages = source.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid(param, number, "has 'input.messages' that is not a non-empty list")
+    for key in ("tools", "functions"):
+        if key in source and not isinstance(source[key], list):
+            raise _invalid(param, number, f"has 'input.{key}' that is not a list")
+    for index, message in enumerate(messages, start=1):
+        check_message(message, number, index, param)
+    if messages[-1]["role"] == "assistant":
+        raise _invalid(param, number, "has 'input.messages' ending with an assistant message; the outputs answer it")
+    for key in ("preferred_output", "non_preferred_output"):
+        output = example.get(key)
+        if not isinstance(output, list) or len(output) != 1:
+            raise _invalid(param, number, f"has '{key}' that is not a list of exactly one assistant message")
+        message = output[0]
+        check_message(message, number, 1, param)
+        if message["role"] != "assistant":
+            raise _invalid(param, number, f"has a '{key}' message with role {message['role']!r}, not 'assistant'")
+        if message.get("tool_calls") or not message.get("content"):
+            raise _invalid(param, number, f"has a '{key}' message without text content")
 
 
 def check_message(message: Any, number: int, index: int, param: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from openft import ids
 from openft.blobs import BlobStore
+from openft.service import wandb_run
 from openft.service.lifecycle import add_event
 from openft.service.naming import checkpoint_name
 from openft.store import Database
@@ -75,18 +76,24 @@ def child_main(spec: RunSpec, report: Pipe) -> None:
         log.exception("training run of %s failed", spec.job_id)
         summary = "".join(traceback.format_exception_only(type(error), error)).strip()
         outcome = RunOutcome(status="error", error=summary)
+    wandb_finished = recorder.finish_wandb(outcome.status)
     try:
         report.send(asdict(outcome))
         report.close()
     except OSError:  # the worker is gone; what the run saved is in the database and the blob store
         log.warning("the worker of %s is gone; not reporting %s", spec.job_id, outcome.status)
+    if not wandb_finished:
+        # W&B failed or is stuck, and its exit hooks would wait on it again: the outcome is reported,
+        # what the run saved is saved, so leave without them.
+        logging.shutdown()
+        os._exit(0)
 
 
 def _train(spec: RunSpec, recorder: _Recorder) -> RunOutcome:
     from openft.engine import TrainConfig, train
 
     config_values = dict(spec.train_config)
-    for key in ("base_model_dir", "train_file", "validation_file", "output_dir", "resume_from"):
+    for key in ("base_model_dir", "train_file", "validation_file", "output_dir", "resume_from", "init_adapter"):
         if config_values.get(key) is not None:
             config_values[key] = Path(config_values[key])
     result = train(TrainConfig(**config_values), recorder.callbacks())
@@ -96,6 +103,24 @@ def _train(spec: RunSpec, recorder: _Recorder) -> RunOutcome:
         trained_tokens=result.trained_tokens,
         resume_state=str(result.resume_state) if result.resume_state else None,
     )
+
+
+def metrics_data(metrics: Any, dpo: bool) -> dict[str, Any]:
+    """A step's metrics event data: OpenAI's keys; a DPO job's accuracy is the preference accuracy
+    (`*_preference_accuracy`), with the mean reward margin beside it (`*_reward_margin`)."""
+    data: dict[str, Any] = {"step": metrics.step, "total_steps": metrics.total_steps}
+    for key in ("train", "valid", "full_valid"):
+        loss = getattr(metrics, f"{key}_loss")
+        if loss is None:
+            continue
+        data[f"{key}_loss"] = loss
+        accuracy = getattr(metrics, f"{key}_mean_token_accuracy")
+        if dpo:
+            data[f"{key}_preference_accuracy"] = accuracy
+            data[f"{key}_reward_margin"] = getattr(metrics, f"{key}_reward_margin")
+        else:
+            data[f"{key}_mean_token_accuracy"] = accuracy
+    return data
 
 
 class _Recorder:
@@ -109,6 +134,7 @@ class _Recorder:
         self.started = time.monotonic()
         self.first_step: int | None = None
         self.terminated = threading.Event()
+        self.wandb: wandb_run.WandbRun | None = None
 
     def callbacks(self) -> Any:
         from openft.engine import TrainCallbacks
@@ -142,6 +168,27 @@ class _Recorder:
                 add_event(connection, job_id, f"Training continues from step {start.start_step}/{start.total_steps}")
         for checkpoint in stale:
             self.blobs.delete_tree(checkpoint.blob_key)
+        self.start_wandb(job, start)
+
+    def start_wandb(self, job: job_rows.JobRecord, start: Any) -> None:
+        """A job with a wandb integration logs to its W&B run (the same one on every run of the job)."""
+        options = wandb_run.run_options(
+            job,
+            base_model=self.spec.base_model,
+            train_config=self.spec.train_config,
+            data_dir=Path(self.spec.blobs_root).parent,  # the data dir: <data dir>/wandb/ without WANDB_DIR
+            start=start,
+        )
+        if options is not None:
+            self.wandb = wandb_run.WandbRun(options, self._wandb_event)
+
+    def _wandb_event(self, message: str, level: str, data: dict[str, Any] | None) -> None:
+        with self.database.transaction() as connection:
+            add_event(connection, self.spec.job_id, message, level=level, data=data)
+
+    def finish_wandb(self, status: str) -> bool:
+        """Ends the W&B run however training ended; False unless W&B ran and finished cleanly."""
+        return self.wandb is None or self.wandb.finish(exit_code=1 if status == "error" else 0)
 
     def on_resume_state(self, path: Path, step: int) -> None:
         with self.database.transaction() as connection:
@@ -153,22 +200,17 @@ class _Recorder:
             self.first_step, self.started = metrics.step - 1, time.monotonic()
         done = metrics.step - self.first_step
         remaining = (time.monotonic() - self.started) / done * (metrics.total_steps - metrics.step)
-        data = {
-            "step": metrics.step,
-            "train_loss": metrics.train_loss,
-            "train_mean_token_accuracy": metrics.train_mean_token_accuracy,
-            "total_steps": metrics.total_steps,
-        }
+        data = metrics_data(metrics, dpo=self.spec.train_config.get("training_method") == "dpo")
         message = f"Step {metrics.step}/{metrics.total_steps}: training loss={metrics.train_loss:.2f}"
         for key, label in (("valid", "validation"), ("full_valid", "full validation")):
             loss = getattr(metrics, f"{key}_loss")
             if loss is not None:
-                data[f"{key}_loss"] = loss
-                data[f"{key}_mean_token_accuracy"] = getattr(metrics, f"{key}_mean_token_accuracy")
                 message += f", {label} loss={loss:.2f}"
         with self.database.transaction() as connection:
             add_event(connection, self.spec.job_id, message, type="metrics", data=data)
             job_rows.update_job(connection, self.spec.job_id, estimated_finish=ids.now() + round(remaining))
+        if self.wandb is not None:  # the metrics events' keys, at W&B step = the job's step
+            self.wandb.log(metrics.step, {k: v for k, v in data.items() if k not in ("step", "total_steps")})
 
     def on_checkpoint(self, checkpoint: Any) -> None:
         metrics = checkpoint.metrics

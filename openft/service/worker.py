@@ -41,6 +41,24 @@ VALIDATING = ["validating_files"]  # the statuses a validator's outcome may leav
 RUNNING = ["running"]  # ... and a training run's
 
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+RESULT_KEYS = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy")
+DPO_RESULT_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "train_reward_margin",
+    "valid_reward_margin",
+)
+DPO_RESULT_KEYS = (
+    "train_loss",
+    "train_preference_accuracy",
+    "valid_loss",
+    "valid_preference_accuracy",
+    "train_reward_margin",
+    "valid_reward_margin",
+)
 
 
 class Worker:
@@ -155,16 +173,23 @@ class Worker:
         return True
 
     def _validate(self, job: JobRecord) -> hyperparameters.Resolved:
-        progress = _ValidationProgress(self.database, job.id, self._token_counter(job.model), self.settings)
+        progress = _ValidationProgress(self.database, job.id, self._token_counter(job.base), self.settings)
+        expected: training_data.Format = "preference" if job.method_type == "dpo" else "chat"
         summary = training_data.check_file(
             self._file_path(job, job.training_file, "training_file"),
             "training_file",
             min_examples=self.settings.min_training_examples,
+            expected=expected,
+            file_id=job.training_file,
             on_example=progress.on_example,
         )
         if job.validation_file:
             training_data.check_file(
-                self._file_path(job, job.validation_file, "validation_file"), "validation_file", min_examples=1
+                self._file_path(job, job.validation_file, "validation_file"),
+                "validation_file",
+                min_examples=1,
+                expected=expected,
+                file_id=job.validation_file,
             )
         resolved = hyperparameters.resolve(
             job.hyperparameters["requested"], summary.n_examples, self.settings.auto_learning_rate_multiplier
@@ -197,6 +222,8 @@ class Worker:
             started = transition(connection, job.id, ["queued"], "running", held_by=self.id, attempts=job.attempts + 1)
             if started:
                 add_event(connection, job.id, "Fine-tuning job started", empty_data=False)
+                if job.start_from:
+                    add_event(connection, job.id, f"Training continues the fine-tuned model {job.start_from}")
         if not started:
             self._release(job.id)
             return True
@@ -209,11 +236,24 @@ class Worker:
             self._release(job.id)
         return True
 
+    def _start_adapter(self, job: JobRecord) -> str | None:
+        """The adapter a continued job starts from (authorized when the job was created)."""
+        if job.start_from is None:
+            return None
+        with self.database.transaction() as connection:
+            found = checkpoint_rows.find_model(connection, job.start_from)
+        if found is None:
+            raise RuntimeError(f"the model {job.start_from} it continues no longer exists")
+        return str(self.blobs.path(found[0].blob_key))
+
     def _run_spec(self, job: JobRecord) -> RunSpec:
         resolved = job.hyperparameters["resolved"]
         output_key = f"jobs/{job.id}"
         train_config = {
-            "base_model_dir": str(self.base_models.local_directory(job.model)),
+            "base_model_dir": str(self.base_models.local_directory(job.base)),
+            "training_method": job.method_type,
+            "dpo_beta": resolved.get("beta") or 0.0,
+            "init_adapter": self._start_adapter(job),
             "train_file": str(self._file_path(job, job.training_file, "training_file")),
             "validation_file": str(self._file_path(job, job.validation_file, "validation_file"))
             if job.validation_file
@@ -238,7 +278,7 @@ class Worker:
             job_id=job.id,
             worker_id=self.id,
             organization=job.organization,
-            base_model=job.model,
+            base_model=job.base,
             suffix=job.suffix,
             checkpoints_kept=self.settings.checkpoints_kept,
             output_key=output_key,
@@ -308,11 +348,11 @@ class Worker:
 
     def _succeed(self, job: JobRecord, outcome: RunOutcome) -> None:
         result_file = self.files.store_generated(
-            job.organization, "step_metrics.csv", "fine-tune-results", self._result_csv(job.id)
+            job.organization, "step_metrics.csv", "fine-tune-results", self._result_csv(job)
         )
         with self.database.transaction() as connection:
             final = checkpoint_rows.all_checkpoints(connection, job.id)[-1]
-            name = fine_tuned_model_name(job.model, job.organization, job.suffix)
+            name = fine_tuned_model_name(job.base, job.organization, job.suffix)
             succeeded = transition(
                 connection,
                 job.id,
@@ -333,22 +373,21 @@ class Worker:
             self.files.delete(job.organization, result_file.id)
             self._release(job.id)
 
-    def _result_csv(self, job_id: str) -> bytes:
+    def _result_csv(self, job: JobRecord) -> bytes:
+        """step_metrics.csv: one row per step, OpenAI's columns (a DPO job's accuracy is the
+        preference accuracy, and its reward margins follow)."""
         with self.database.transaction() as connection:
-            events = event_rows.metrics_events(connection, job_id)
-        rows: dict[int, list[object]] = {}
+            events = event_rows.metrics_events(connection, job.id)
+        dpo = job.method_type == "dpo"
+        columns = DPO_RESULT_COLUMNS if dpo else RESULT_COLUMNS
+        keys = DPO_RESULT_KEYS if dpo else RESULT_KEYS
+        rows = {}
         for event in events:
             data = event.data or {}
-            rows[data["step"]] = [
-                data["step"],
-                _rounded(data.get("train_loss")),
-                _rounded(data.get("train_mean_token_accuracy")),
-                _rounded(data.get("valid_loss")),
-                _rounded(data.get("valid_mean_token_accuracy")),
-            ]
+            rows[data["step"]] = [data["step"], *(_rounded(data.get(key)) for key in keys)]
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(RESULT_COLUMNS)
+        writer.writerow(columns)
         writer.writerows(rows[step] for step in sorted(rows))
         content = text.getvalue().encode()
         return base64.b64encode(content) if self.settings.result_file_base64 else content

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, delete, insert, select, update
+from sqlalchemy import Connection, RowMapping, delete, func, insert, select, update
 
 from openft.store.paging import fetch_page
 from openft.store.records import row_values
@@ -65,7 +65,7 @@ def find_model(connection: Connection, name: str) -> tuple[CheckpointRecord, str
     """The checkpoint named `name` and the base model its job trained, if it exists."""
     row = (
         connection.execute(
-            select(checkpoints, jobs.c.model.label("base_model"))
+            select(checkpoints, func.coalesce(jobs.c.base_model, jobs.c.model).label("base_model"))
             .join(jobs, jobs.c.id == checkpoints.c.job_id)
             .where(checkpoints.c.name == name)
         )

@@ -43,6 +43,12 @@ class JobRecord:
     heartbeat_at: float | None
     attempts: int
     resume_from: str | None
+    base_model: str | None = None  # the base model trained: `model`, unless it names a fine-tuned model
+    start_from: str | None = None  # the fine-tuned model or checkpoint a continued job starts from
+
+    @property
+    def base(self) -> str:
+        return self.base_model or self.model
 
     @classmethod
     def from_row(cls, row: RowMapping) -> JobRecord:

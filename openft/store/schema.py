@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -96,6 +97,8 @@ jobs = Table(
     Column("heartbeat_at", Float, nullable=True),
     Column("attempts", Integer, nullable=False),
     Column("resume_from", Text, nullable=True),
+    Column("base_model", Text, nullable=True),  # what the job trains: `model`, or the base of an ft: model
+    Column("start_from", Text, nullable=True),  # continued fine-tuning: the fine-tuned model or checkpoint
     Index("ix_jobs_organization_seq", "organization", "seq"),
     Index("ix_jobs_status", "status"),
 )
@@ -127,4 +130,17 @@ checkpoints = Table(
     Column("metrics", Text, nullable=False),
     Column("blob_key", Text, nullable=False),
     Index("ix_checkpoints_job_id_seq", "job_id", "seq"),
+)
+
+# A checkpoint (or fine-tuned model) shared with another organization: the wire's `project_id`.
+checkpoint_permissions = Table(
+    "checkpoint_permissions",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("checkpoint_id", String(64), ForeignKey("checkpoints.id", ondelete="CASCADE"), nullable=False),
+    Column("organization", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("checkpoint_id", "organization", name="uq_checkpoint_permissions_checkpoint_organization"),
+    Index("ix_checkpoint_permissions_organization", "organization"),
 )

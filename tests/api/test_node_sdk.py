@@ -45,3 +45,32 @@ def test_node_sdk_runs_test_model(training_server: LiveServer) -> None:
     assert report["event_messages"] == [event.message for event in all_events]
     assert report["streamed_length"] > 0
     assert report["not_found"] == {"status": 404, "code": "model_not_found"}
+
+
+def test_node_sdk_runs_a_dpo_job_from_a_fine_tuned_model(training_server: LiveServer) -> None:
+    client: openai.OpenAI = training_server.client()
+    file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
+    sft: Any = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 1})
+    sft = wait_for_job(client, sft.id, ("succeeded", "failed"))
+    assert sft.status == "succeeded", sft.error
+    result = subprocess.run(
+        ["node", "dpo_job.mjs"],
+        cwd=NODE_DIR,
+        env={
+            **os.environ,
+            "OPENAI_BASE_URL": training_server.base_url,
+            "OPENAI_API_KEY": "sk-test",
+            "MODEL": sft.fine_tuned_model,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["status"] == "succeeded", report["error"]
+    assert report["model"] == sft.fine_tuned_model and report["hyperparameters"] is None
+    assert report["method"]["type"] == "dpo"
+    assert report["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
+    assert report["fine_tuned_model"].startswith("ft:tiny:personal:")
+    assert report["answer_type"] == "string"
