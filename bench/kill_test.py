@@ -134,11 +134,14 @@ class Cluster:
         worker = self.processes.get("worker")
         if worker is None or worker.poll() is not None:
             return []
-        children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children")
-        try:
-            return [int(pid) for pid in children.read_text().split()]
-        except OSError:
-            return []
+        pids = []
+        # A child is listed under the thread that started it: the worker trains from a thread of its own.
+        for children in Path(f"/proc/{worker.pid}/task").glob("*/children"):
+            try:
+                pids += [int(pid) for pid in children.read_text().split()]
+            except OSError:  # the thread ended
+                continue
+        return [pid for pid in pids if b"spawn_main" in _cmdline(pid)]  # not multiprocessing's resource tracker
 
     def wait_for_training(self, timeout: float) -> bool:
         """Whether a training process runs within `timeout` seconds (a run takes a few to start)."""
@@ -171,6 +174,13 @@ class Cluster:
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=KEY, max_retries=0, timeout=30)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def training_file(rng: random.Random, n: int) -> bytes:

@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(1.0, description="How often an idle worker looks for work.")
     worker_heartbeat_seconds: float = Field(5.0, description="How often a worker proves it is alive.")
     worker_timeout_seconds: float = Field(60.0, description="Silence after which a worker is presumed dead.")
-    max_job_attempts: int = Field(3, description="Training runs a job gets before failing for lost workers.")
+    max_job_attempts: int = Field(
+        3, description="Training runs a job gets before failing for lost workers or killed training processes."
+    )
     stop_grace_seconds: float = Field(30.0, description="Wait for a cancelled run to stop before killing it.")
     pause_wait_seconds: float = Field(30.0, description="How long POST /pause waits for the run to save.")
 

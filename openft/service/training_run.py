@@ -49,7 +49,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    status: str  # "completed" | "cancelled" | "paused" | "error"
+    status: str  # "completed" | "cancelled" | "paused" | "error"; "crashed" (no report: the parent says it)
     trained_tokens: int = 0
     resume_state: str | None = None
     error: str | None = None

@@ -308,7 +308,8 @@ class Worker:
         report.close()
         if outcome is None:
             reason = "stopped with the worker" if self.stopping.is_set() else f"exited with code {process.exitcode}"
-            return RunOutcome(status="error", error=f"The training process {reason} without a result.")
+            # Killed (out of memory, kill -9) or crashed: what it saved is in the resume state.
+            return RunOutcome(status="crashed", error=f"The training process {reason} without a result.")
         return outcome
 
     def _finish(self, job: JobRecord, outcome: RunOutcome) -> None:
@@ -333,6 +334,8 @@ class Worker:
             self._release(job.id)
         elif outcome.status == "cancelled":
             self._release(job.id)
+        elif outcome.status == "crashed" and job.attempts + 1 < self.settings.max_job_attempts:
+            self._requeue(job.id, f"{outcome.error} The job is queued again and continues from its last saved step")
         else:
             with self.database.transaction() as connection:
                 fail(

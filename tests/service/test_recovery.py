@@ -4,6 +4,8 @@ worker notices, queues again and trains to the end, continuing from the last sav
 from __future__ import annotations
 
 import base64
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,45 @@ def test_a_killed_server_loses_nothing(tiny_dir: Path, tmp_path_factory: pytest.
         assert len(created) == len(set(created))
     finally:
         second.stop()
+
+
+def training_processes(server_pid: int) -> list[int]:
+    """The training children of a server's embedded worker (started from one of its threads)."""
+    pids = []
+    for children in Path(f"/proc/{server_pid}/task").glob("*/children"):
+        try:
+            pids += [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            continue
+    return [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def test_a_killed_training_process_is_run_again_from_its_saved_step(
+    tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    live = start_server(tmp_path_factory.mktemp("killed-run"), OPENFT_BASE_MODELS=f"tiny={tiny_dir}", **RECOVERY_ENV)
+    try:
+        client = live.client()
+        file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
+        job = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 8})
+        wait_until(
+            lambda: sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data) >= 3,
+            timeout=120,
+            what="three steps of training",
+        )
+        (pid,) = training_processes(live.process.pid)
+        os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
+
+        finished = wait_for_job(client, job.id, ("succeeded", "failed", "cancelled"), timeout=240)
+        assert finished.status == "succeeded", finished.error
+        events = client.fine_tuning.jobs.list_events(job.id, limit=10_000).data
+        messages = [e.message for e in events]
+        assert (
+            "The training process exited with code -9 without a result. The job is queued again and continues "
+            "from its last saved step" in messages
+        )
+        assert sum(m.startswith("Training continues from step ") for m in messages) == 1
+        steps = sorted(e.data["step"] for e in events if e.type == "metrics")
+        assert steps == list(range(1, steps[-1] + 1))
+    finally:
+        live.stop()
