@@ -73,7 +73,9 @@ def check_purpose(purpose: str | None) -> str:
         )
     if purpose not in UPLOAD_PURPOSES:
         raise InvalidRequest(
-            f"Invalid value for 'purpose': {purpose!r}. Expected one of {', '.join(UPLOAD_PURPOSES)}.",
+            # Echo a bounded prefix: a form field may be 64 KiB, an error message shouldn't.
+            f"Invalid value for 'purpose': {purpose[:64]!r}{'…' if len(purpose) > 64 else ''}. "
+            f"Expected one of {', '.join(UPLOAD_PURPOSES)}.",
             param="purpose",
             code="invalid_value",
         )
