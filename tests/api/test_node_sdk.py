@@ -14,27 +14,32 @@ from tests.conftest import REPO_ROOT, LiveServer, chat_examples, wait_for_job
 NODE_DIR = REPO_ROOT / "tests" / "node"
 
 
-def test_node_sdk_runs_test_model(training_server: LiveServer) -> None:
-    client: openai.OpenAI = training_server.client()
+def fine_tuned(client: openai.OpenAI) -> Any:
+    """A succeeded one-epoch job on the tiny model."""
     file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
     job: Any = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 1})
     job = wait_for_job(client, job.id, ("succeeded", "failed"))
     assert job.status == "succeeded", job.error
+    return job
+
+
+def run_node(script: str, server: LiveServer, **env: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        ["node", "test_model.mjs"],
+        ["node", script],
         cwd=NODE_DIR,
-        env={
-            **os.environ,
-            "OPENAI_BASE_URL": training_server.base_url,
-            "OPENAI_API_KEY": "sk-test",
-            "MODEL": job.fine_tuned_model,
-            "JOB_ID": job.id,
-        },
+        env={**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test", **env},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_node_sdk_runs_test_model(training_server: LiveServer) -> None:
+    client: openai.OpenAI = training_server.client()
+    job = fine_tuned(client)
+    result = run_node("test_model.mjs", training_server, MODEL=job.fine_tuned_model, JOB_ID=job.id)
     assert result.stdout.startswith("Model response: ")
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["finish_reason"] in ("stop", "length") and report["content_type"] == "string"
@@ -48,25 +53,8 @@ def test_node_sdk_runs_test_model(training_server: LiveServer) -> None:
 
 
 def test_node_sdk_runs_a_dpo_job_from_a_fine_tuned_model(training_server: LiveServer) -> None:
-    client: openai.OpenAI = training_server.client()
-    file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
-    sft: Any = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 1})
-    sft = wait_for_job(client, sft.id, ("succeeded", "failed"))
-    assert sft.status == "succeeded", sft.error
-    result = subprocess.run(
-        ["node", "dpo_job.mjs"],
-        cwd=NODE_DIR,
-        env={
-            **os.environ,
-            "OPENAI_BASE_URL": training_server.base_url,
-            "OPENAI_API_KEY": "sk-test",
-            "MODEL": sft.fine_tuned_model,
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    sft = fine_tuned(training_server.client())
+    result = run_node("dpo_job.mjs", training_server, MODEL=sft.fine_tuned_model)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["status"] == "succeeded", report["error"]
     assert report["model"] == sft.fine_tuned_model and report["hyperparameters"] is None

@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.conftest import TRAINING_ENV, chat_examples, start_server, wait_for_job, wait_until
@@ -16,17 +17,21 @@ from tests.conftest import TRAINING_ENV, chat_examples, start_server, wait_for_j
 RECOVERY_ENV = {**TRAINING_ENV, "OPENFT_WORKER_TIMEOUT_SECONDS": "3", "OPENFT_RESUME_SAVE_SECONDS": "0.001"}
 
 
+def wait_for_steps(client: openai.OpenAI, job_id: str, steps: int) -> None:
+    wait_until(
+        lambda: sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job_id, limit=50).data) >= steps,
+        timeout=120,
+        what=f"{steps} steps of training",
+    )
+
+
 def test_a_killed_server_loses_nothing(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     data_dir = tmp_path_factory.mktemp("recovery")
     first = start_server(data_dir, OPENFT_BASE_MODELS=f"tiny={tiny_dir}", **RECOVERY_ENV)
     client = first.client()
     file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
     job = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 8})
-    wait_until(
-        lambda: sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data) >= 3,
-        timeout=120,
-        what="three steps of training",
-    )
+    wait_for_steps(client, job.id, 3)
     first.process.kill()  # no chance to clean up
     first.process.wait()
 
@@ -78,11 +83,7 @@ def test_a_killed_training_process_is_run_again_from_its_saved_step(
         client = live.client()
         file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
         job = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 8})
-        wait_until(
-            lambda: sum(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data) >= 3,
-            timeout=120,
-            what="three steps of training",
-        )
+        wait_for_steps(client, job.id, 3)
         (pid,) = training_processes(live.process.pid)
         os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
 
