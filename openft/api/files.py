@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from openft.api.dependencies import CallerDep, ServicesDep
-from openft.api.multipart import read_multipart
+from openft.api.multipart import form_description, read_multipart
 from openft.errors import InvalidRequest, PayloadTooLarge
 from openft.protocol.common import DeletedObject
 from openft.protocol.files import MAX_EXPIRY_SECONDS, MIN_EXPIRY_SECONDS, UPLOAD_PURPOSES, FileList, FileObject
@@ -19,30 +19,15 @@ from openft.service.quotas import Limits
 
 router = APIRouter(prefix="/files", tags=["files"])
 
-# The form is read by hand (streamed into the blob store), so FastAPI can't see it: described here.
-CREATE_FILE_FORM = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "purpose"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
-                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
-                        "expires_after[seconds]": {
-                            "type": "integer",
-                            "minimum": MIN_EXPIRY_SECONDS,
-                            "maximum": MAX_EXPIRY_SECONDS,
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
+CREATE_FILE_FORM = form_description(
+    ["file", "purpose"],
+    {
+        "file": {"type": "string", "format": "binary"},
+        "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
+        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+        "expires_after[seconds]": {"type": "integer", "minimum": MIN_EXPIRY_SECONDS, "maximum": MAX_EXPIRY_SECONDS},
+    },
+)
 
 
 @router.post("", openapi_extra=CREATE_FILE_FORM)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -22,6 +22,13 @@ from openft.protocol.files import MAX_FILENAME_CHARS
 MAX_FIELD_BYTES = 64 * 1024  # a field's value; over it: 400 naming the field
 MAX_FIELDS = 100
 MAX_PART_HEADER_BYTES = 16 * 1024  # the headers of one part (Content-Disposition with its filename, ...)
+
+
+def form_description(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its multipart form by hand (streamed into the blob
+    store), which FastAPI can't see: the form as the OpenAPI document should describe it."""
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
 class FileSink(Protocol):

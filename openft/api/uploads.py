@@ -6,28 +6,14 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from openft.api.dependencies import CallerDep, ServicesDep
-from openft.api.multipart import read_multipart
+from openft.api.multipart import form_description, read_multipart
 from openft.errors import InvalidRequest
 from openft.protocol.uploads import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
 from openft.service.quotas import Limits
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 
-# The form is read by hand (streamed into the blob store), so FastAPI can't see it: described here.
-ADD_PART_FORM = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["data"],
-                    "properties": {"data": {"type": "string", "format": "binary"}},
-                }
-            }
-        },
-    }
-}
+ADD_PART_FORM = form_description(["data"], {"data": {"type": "string", "format": "binary"}})
 
 
 @router.post("")
