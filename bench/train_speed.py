@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -64,11 +65,14 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SETUPS = {
-    "trl-defaults": "TRL SFTTrainer defaults (grad. checkpointing on)",
-    "trl-assistant": "TRL, assistant-only loss, checkpointing off",
-    "openft-lora": "openft engine, same LoRA (r16, q,k,v,o)",
+    "trl-defaults": "TRL SFTTrainer defaults (bf16 autocast, grad. ckpt)",
+    "trl-fp32": "TRL SFTTrainer defaults but fp32 (bf16=False)",
+    "trl-assistant": "TRL, assistant-only loss, ckpt off (bf16 autocast)",
+    "openft-lora": "openft engine, same LoRA (r16, q,k,v,o), auto precision",
+    "openft-lora-fp32": "openft engine, same LoRA, fp32",
     "openft-defaults": "openft engine, own defaults (r8, all linear)",
 }
+PRECISION = {"trl-fp32": "fp32", "openft-lora-fp32": "fp32"}  # the others: bf16 where the CPU has it
 BASELINE = "trl-defaults"
 BENCH_LORA = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 LEARNING_RATE = 1e-4  # openft's default peak rate
@@ -186,14 +190,17 @@ def run_trl(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int,
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             clock["end"] = time.perf_counter()
 
-    own = {} if setup == "trl-defaults" else {"gradient_checkpointing": False, "learning_rate": LEARNING_RATE}
+    own: dict[str, Any] = {}
+    if setup == "trl-assistant":
+        own = {"gradient_checkpointing": False, "learning_rate": LEARNING_RATE}
+    if setup == "trl-fp32":
+        own = {"bf16": False}
     args = SFTConfig(
         output_dir=str(out),
         per_device_train_batch_size=batch_size,
         num_train_epochs=epochs,
         seed=seed,
         use_cpu=True,
-        bf16=False,
         max_length=MAX_LENGTH,
         packing=False,
         report_to="none",
@@ -216,8 +223,10 @@ def run_trl(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int,
         raise RuntimeError(f"{setup}: the loss is on {labeled} of {tokenized} tokens")
     output = trainer.train()
     checkpointing = any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules())
-    if checkpointing != (setup == "trl-defaults"):
+    if checkpointing != (setup != "trl-assistant"):
         raise RuntimeError(f"{setup}: gradient checkpointing is {'on' if checkpointing else 'off'}")
+    if args.bf16 != (setup != "trl-fp32"):
+        raise RuntimeError(f"{setup}: bf16 is {args.bf16}")
     return {
         "loop_s": clock["end"] - clock["start"],
         "steps": trainer.state.global_step,
@@ -226,6 +235,7 @@ def run_trl(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int,
         "labeled": labeled,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "loss": output.training_loss,  # the mean of the steps' losses
+        "precision": "bf16" if args.bf16 else "fp32",  # autocast over fp32 weights
     }
 
 
@@ -234,9 +244,9 @@ def run_openft(setup: str, model_dir: Path, data: Path, out: Path, batch_size: i
 
     from openft.engine import StartInfo, StepMetrics, TrainCallbacks, TrainConfig, tokenize_example, train
 
-    own: dict[str, Any] = {}
-    if setup == "openft-lora":
-        own = {
+    own: dict[str, Any] = {"precision": PRECISION.get(setup, "auto")}
+    if setup.startswith("openft-lora"):
+        own |= {
             "lora_r": BENCH_LORA["r"],
             "lora_alpha": BENCH_LORA["lora_alpha"],
             "lora_target_modules": tuple(BENCH_LORA["target_modules"]),
@@ -261,6 +271,7 @@ def run_openft(setup: str, model_dir: Path, data: Path, out: Path, batch_size: i
     def on_start(info: StartInfo) -> None:
         clock["start"] = time.perf_counter()
         seen["trainable_params"] = info.trainable_params
+        seen["precision"] = info.precision
 
     def on_step(metrics: StepMetrics) -> None:
         clock["end"] = time.perf_counter()
@@ -275,6 +286,7 @@ def run_openft(setup: str, model_dir: Path, data: Path, out: Path, batch_size: i
         "labeled": sum(e.n_labeled for e in tokenized),
         "trainable_params": seen["trainable_params"],
         "loss": statistics.fmean(seen["losses"]),  # over the steps, as TRL's training_loss
+        "precision": seen["precision"],
     }
 
 
@@ -325,6 +337,31 @@ def spawn(setup: str, arguments: argparse.Namespace, data: Path, scratch: Path, 
     return figures
 
 
+def gemm_peak(model_dir: Path, dtype_name: str, rows: int = 1024, seconds: float = 3.0) -> float:
+    """GFLOP/s of the model's own matrix products (every layer's linear shapes once, then the LM head,
+    on `rows` tokens), the best of a few passes: the hardware limit this CPU reaches on them."""
+    import torch
+
+    config = json.loads((model_dir / "config.json").read_text())
+    hidden, inner = config["hidden_size"], config["intermediate_size"]
+    kv = hidden * config["num_key_value_heads"] // config["num_attention_heads"]
+    shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inner), (hidden, inner)]
+    shapes += [(inner, hidden)]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    weights = [torch.randn(k, n, dtype=dtype) for k, n in shapes] + [
+        torch.randn(hidden, config["vocab_size"], dtype=dtype)
+    ]
+    inputs = {k: torch.randn(rows, k, dtype=dtype) for k, _ in shapes}
+    flops = sum(2 * rows * w.shape[0] * w.shape[1] for w in weights)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        for w in weights:
+            torch.matmul(inputs[w.shape[0]], w)
+        best = max(best, flops / (time.perf_counter() - started) / 1e9)
+    return best
+
+
 def spread(values: list[float], digits: int) -> str:
     return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
@@ -369,6 +406,11 @@ def main() -> None:
     arguments.model_dir = arguments.model_dir.resolve()
     if arguments.logs:
         arguments.logs.mkdir(parents=True, exist_ok=True)
+    peaks = {name: gemm_peak(arguments.model_dir, name) for name in ("fp32", "bf16")}
+    print(
+        f"GEMM peak on the model's shapes: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
+        flush=True,
+    )
     examples = make_examples(arguments.examples, arguments.seed)
     tokens = count_tokens(arguments.model_dir, examples)
     trained = tokens * arguments.epochs
@@ -393,27 +435,39 @@ def main() -> None:
     import peft
     import torch
     import transformers
+    from safetensors import safe_open
 
+    with safe_open(str(arguments.model_dir / "model.safetensors"), "pt") as weights:  # tied head counted once
+        n_params = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())  # noqa: SIM118
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}"
     print()
     print(
-        f"model {arguments.model_dir}, CPU fp32, {torch.get_num_threads()} threads; {versions}"
-        + (f", trl {trl_version}" if trl_version else "")
+        f"model {arguments.model_dir} ({n_params / 1e6:.1f}M parameters), CPU, {torch.get_num_threads()} threads;"
+        f" {versions}" + (f", trl {trl_version}" if trl_version else "")
     )
     print(
         f"{arguments.examples} chat examples (seed {arguments.seed}), {tokens:,} tokens; batch {arguments.batch_size},"
         f" {arguments.epochs} epoch(s), {trained:,} trained tokens; {arguments.repeats} run(s) each: median [range]"
     )
+    print(
+        f"MFU: 4 x {n_params / 1e6:.1f}M FLOPs per trained token (forward, and backward to the inputs; the frozen"
+        f" base has no weight gradients) x tok/s, over the GEMM peak of the run's precision"
+    )
     baseline = statistics.median(trained / f["loop_s"] for f in runs[BASELINE]) if BASELINE in runs else None
     width = max(len(SETUPS[name]) for name in setups)
-    print(f"{'setup':{width}}  {'trained tok/s':>19}  {'vs TRL':>6}  {'peak RSS GiB':>16}  loss on (tokens)")
+    print(
+        f"{'setup':{width}}  {'trained tok/s':>19}  {'vs TRL':>6}  {'prec.':>5}  {'MFU':>4}  {'peak RSS GiB':>16}"
+        "  loss on (tokens)"
+    )
     for name in setups:
         speeds = [trained / f["loop_s"] for f in runs[name]]
         ratio = f"{statistics.median(speeds) / baseline:5.2f}x" if baseline else "     -"
         rss = [f["peak_rss_gib"] for f in runs[name]]
+        precision = runs[name][0]["precision"]
+        mfu = 4 * n_params * statistics.median(speeds) / (peaks[precision] * 1e9)
         print(
-            f"{SETUPS[name]:{width}}  {spread(speeds, 1):>19}  {ratio:>6}  {spread(rss, 2):>16}"
-            f"  {runs[name][0]['labeled']:,}"
+            f"{SETUPS[name]:{width}}  {spread(speeds, 1):>19}  {ratio:>6}  {precision:>5}  {mfu:4.0%}"
+            f"  {spread(rss, 2):>16}  {runs[name][0]['labeled']:,}"
         )
     if baseline is None:
         print(f"(no ratios: the baseline, {BASELINE}, was not run)")

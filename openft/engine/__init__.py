@@ -2,6 +2,7 @@
 
 from openft.engine.convert import convert_gguf
 from openft.engine.data import TokenizedExample, render_completion_prompt, render_prompt, tokenize_example
+from openft.engine.distributed import resolve_processes, train_in_processes
 from openft.engine.embedded import embedded_gguf_path
 from openft.engine.generate import (
     Choice,
@@ -21,6 +22,7 @@ from openft.engine.train import (
     TrainCallbacks,
     TrainConfig,
     TrainResult,
+    preload_base_model,
     train,
 )
 
@@ -46,8 +48,11 @@ __all__ = [
     "build_tiny_model",
     "convert_gguf",
     "embedded_gguf_path",
+    "preload_base_model",
     "render_completion_prompt",
     "render_prompt",
+    "resolve_processes",
     "tokenize_example",
     "train",
+    "train_in_processes",
 ]

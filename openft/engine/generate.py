@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 FinishReason = Literal["stop", "length"]
 MAX_STOP_STRINGS = 4
@@ -335,8 +335,13 @@ def _sample(probs: torch.Tensor, top_p: float, generator: torch.Generator) -> in
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     """Every token that ends a completion: the generation config's (maybe several) and the tokenizer's."""
+    return eos_token_ids(model.generation_config, tokenizer)
+
+
+def eos_token_ids(generation_config: GenerationConfig | None, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """What `_eos_ids` reads off a model, from its generation config (exports write the same set)."""
     ids: set[int] = set()
-    configured = model.generation_config.eos_token_id if model.generation_config else None
+    configured = generation_config.eos_token_id if generation_config else None
     for value in (configured, tokenizer.eos_token_id):
         if isinstance(value, int):
             ids.add(value)

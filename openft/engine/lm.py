@@ -32,20 +32,25 @@ def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
 def labeled_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(float32 logits [n, vocab], targets [n], row of each [n]) for the n labeled tokens of `batch`.
 
-    Runs the decoder to hidden states and applies the LM head only where a label is. On CUDA the
-    matmuls run under bf16 autocast.
+    Runs the decoder to hidden states and applies the LM head only where a label is. Under bf16
+    training the caller runs this inside `mixed_precision`; the logits come back float32 either way.
     """
     lm = causal_lm(model)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.input_ids.is_cuda):
-        hidden = lm.get_decoder()(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-        ).last_hidden_state
-        # The hidden state at position t predicts the token at t + 1.
-        targets = batch.labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        logits = lm_logits(lm, hidden[:, :-1][keep]).float()
+    hidden = lm.get_decoder()(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+    ).last_hidden_state
+    # The hidden state at position t predicts the token at t + 1.
+    targets = batch.labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = lm_logits(lm, hidden[:, :-1][keep]).float()
     rows = keep.nonzero()[:, 0]
     return logits, targets[keep], rows
+
+
+def mixed_precision(device: torch.device, precision: str) -> torch.autocast:
+    """The forward passes' context: under "bf16" the matmuls run in bf16 (autocast), while the
+    trainable weights, their gradients, the optimizer state and the loss stay float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def lm_logits(lm: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:

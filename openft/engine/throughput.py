@@ -20,6 +20,7 @@ def measure_training_throughput(
     batch_size: int = 1,
     max_seq_len: int = 2048,
     device: str = "auto",
+    precision: str = "auto",
 ) -> float:
     """Trained tokens per second of a few real LoRA steps on `examples` (the first step, which
     warms up, is not counted)."""
@@ -42,6 +43,7 @@ def measure_training_throughput(
             batch_size=batch_size,
             max_seq_len=max_seq_len,
             device=device,
+            precision=precision,
             eval_interval=0,
         )
         train(config, TrainCallbacks(on_step=on_step))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -27,9 +26,10 @@ from openft.engine.data import (
     epoch_batches,
     tokenize_example,
 )
-from openft.engine.devices import resolve_device
+from openft.engine.devices import Precision, resolve_device, resolve_training_precision
 from openft.engine.dpo import PreferenceObjective, tokenize_pair
-from openft.engine.lm import StepStats, causal_lm, labeled_logits
+from openft.engine.lm import StepStats, causal_lm, labeled_logits, mixed_precision
+from openft.engine.ranks import Ranks, agree_on_stop, all_sum, current, data_parallel, rank_device, shard
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] | str = DEFAULT_LORA_TARGETS  # or PEFT's "all-linear"
     max_seq_len: int | None = None  # None: min(model max positions, 2048)
     device: str = "auto"  # "auto": cuda if available, else cpu
+    # "bf16": a LoRA run's frozen base in bf16 and every forward under bf16 autocast, with the
+    # trainable weights, the optimizer state and the loss in fp32; "auto": bf16 where the hardware
+    # multiplies bf16 natively (CUDA, AVX512-BF16/AMX CPUs), else "fp32".
+    precision: str = "auto"
     resume_from: Path | None = None  # a saved resume state (see TrainCallbacks.on_resume_state)
     # Besides at every checkpoint and pause, the resume state is saved when the last save is this
     # old, so a crash loses at most this much work; 0 saves only at checkpoints and pauses.
@@ -78,6 +82,7 @@ class StartInfo:
     n_truncated: int  # training examples cut to max_seq_len
     trainable_params: int
     device: str
+    precision: Precision = "fp32"
 
 
 @dataclass(frozen=True)
@@ -144,21 +149,29 @@ def lr_at(step: int, total_steps: int, peak: float) -> float:
 
 
 def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
-    """Fine-tune `config.base_model_dir` on `config.train_file`; see TrainConfig."""
-    cb = callbacks or TrainCallbacks()
-    device = resolve_device(config.device)
+    """Fine-tune `config.base_model_dir` on `config.train_file`; see TrainConfig.
+
+    Inside an initialized torch.distributed process group (see `train_in_processes`) this process
+    is one rank of the run: it trains on its share of each batch, and only rank 0 calls back and
+    writes checkpoints and resume states; the others ignore `callbacks`.
+    """
+    ranks = current()
+    cb = (callbacks or TrainCallbacks()) if ranks.leader else TrainCallbacks()
+    device = rank_device(resolve_device(config.device), ranks)
+    precision = resolve_training_precision(config.precision, device)
     random.seed(config.seed)
     torch.manual_seed(config.seed)  # LoRA init and dropout
 
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
-    model = _load_model(config, device)
+    model = _load_model(config, device, precision)
     max_positions = int(causal_lm(model).config.max_position_embeddings)
     max_seq_len = config.max_seq_len or min(max_positions, DEFAULT_MAX_SEQ_LEN)
     objective = _objective(config, tokenizer, max_seq_len)
     if not objective.lengths:
         raise ValueError(f"{config.train_file} has no examples")
     if isinstance(objective, PreferenceObjective):
-        objective.compute_references(model, device)  # the network as the job starts
+        with mixed_precision(device, precision):
+            objective.compute_references(model, device)  # the network as the job starts
     valid_batches = epoch_batches(objective.valid_lengths, config.batch_size, config.seed, 0)
 
     steps_per_epoch = math.ceil(len(objective.lengths) / config.batch_size)
@@ -169,6 +182,7 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     step, tokens_seen = 0, 0
     if config.resume_from:
         step, tokens_seen = _load_resume(config.resume_from, model, optimizer, fingerprint)
+    forward = data_parallel(_Step(model, objective), ranks, device)  # DDP over the ranks, if several
 
     cb.on_start(
         StartInfo(
@@ -179,9 +193,10 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             n_truncated=objective.n_truncated,
             trainable_params=sum(p.numel() for p in params),
             device=str(device),
+            precision=precision,
         )
     )
-    logger.info("training %d examples for %d steps on %s", len(objective.lengths), total_steps, device)
+    logger.info("training %d examples for %d steps on %s (%s)", len(objective.lengths), total_steps, device, precision)
     batches: list[list[int]] = []
     last_saved = time.monotonic()
     model.train()
@@ -189,64 +204,75 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
         epoch, index = divmod(step, steps_per_epoch)
         if index == 0 or not batches:
             batches = epoch_batches(objective.lengths, config.batch_size, config.seed, epoch)
-        stop = cb.should_stop()
+        stop = agree_on_stop(cb.should_stop() if ranks.leader else None, ranks, device)
         if stop == "cancel":
             logger.info("cancelled before step %d", step + 1)
             return TrainResult("cancelled", step, total_steps, tokens_seen, None, None)
         if stop == "pause":
-            state = _save_resume(config.output_dir, model, optimizer, step, tokens_seen, fingerprint)
-            cb.on_resume_state(state, step)
+            state = config.output_dir / RESUME_FILE
+            if ranks.leader:
+                state = _save_resume(config.output_dir, model, optimizer, step, tokens_seen, fingerprint)
+                cb.on_resume_state(state, step)
             logger.info("paused before step %d; state in %s", step + 1, state)
             return TrainResult("paused", step, total_steps, tokens_seen, None, state)
 
         started = time.perf_counter()
-        batch, extra = objective.batch(batches[index])
+        mine = shard(batches[index], ranks)
+        # A rank with no example of a small batch runs one at weight 0: its backward must still
+        # meet the others' in the gradient all-reduce.
+        batch, extra = objective.batch(mine or batches[index][:1])
         lr = lr_at(step, total_steps, config.learning_rate)
-        stats = _train_step(model, optimizer, params, objective, batch.to(device), cast(Any, extra), lr)
-        loss = stats.loss.item()
+        with mixed_precision(device, precision):
+            stats = forward(batch.to(device), cast(Any, extra))
+        weight, n_tokens = (stats.weight, batch.n_tokens) if mine else (0, 0)
+        figures, total_weight, n_tokens = _over_ranks(stats, weight, n_tokens, ranks, device)
+        # The loss is the mean over all ranks' labeled tokens (or pairs), not a mean of per-rank
+        # means: scale this rank's mean by its share; DDP divides the summed gradients by `world`.
+        share = weight * ranks.world / max(total_weight, 1)  # exactly 1.0 in a one-process run
+        _optimizer_step(optimizer, params, stats.loss * share, lr)
         step += 1
-        tokens_seen += batch.n_tokens
+        tokens_seen += n_tokens
         logger.info(
             "step %d/%d epoch %d: loss %.4f acc %.3f lr %.3g (%.0f tok/s)",
             step,
             total_steps,
             epoch + 1,
-            loss,
-            stats.accuracy,
+            figures.loss,
+            figures.accuracy,
             lr,
-            batch.n_tokens / (time.perf_counter() - started),
+            n_tokens / (time.perf_counter() - started),
         )
 
         valid = _NO_STATS
         if valid_batches and config.eval_interval and step % config.eval_interval == 0:
             # Walk the validation batches in a fixed cycle, so a resumed run sees the same ones.
             cycle = (step // config.eval_interval - 1) % len(valid_batches)
-            valid = _evaluate(model, objective, [valid_batches[cycle]], device)
+            valid = _evaluate(model, objective, [valid_batches[cycle]], device, precision, ranks)
         end_of_epoch = index == steps_per_epoch - 1
         full_valid = _NO_STATS
         if valid_batches and end_of_epoch:
-            full_valid = _evaluate(model, objective, valid_batches, device)
+            full_valid = _evaluate(model, objective, valid_batches, device, precision, ranks)
         metrics = StepMetrics(
             step,
             total_steps,
             epoch + 1,
-            loss,
-            stats.accuracy,
+            cast(float, figures.loss),
+            cast(float, figures.accuracy),
             tokens_seen,
             valid.loss,
             valid.accuracy,
             full_valid.loss,
             full_valid.accuracy,
-            stats.margin,
+            figures.margin,
             valid.margin,
             full_valid.margin,
         )
         cb.on_step(metrics)
-        if end_of_epoch:
+        if end_of_epoch and ranks.leader:
             path = _save_checkpoint(config, model, tokenizer, step)
             cb.on_checkpoint(CheckpointInfo(step, epoch + 1, path, metrics))
         overdue = config.resume_save_seconds > 0 and time.monotonic() - last_saved >= config.resume_save_seconds
-        if end_of_epoch or overdue:
+        if (end_of_epoch or overdue) and ranks.leader:
             # After the step's events and checkpoint: a run resumed from here redoes nothing
             # that was recorded, and what was recorded after an older state is redone.
             cb.on_resume_state(_save_resume(config.output_dir, model, optimizer, step, tokens_seen, fingerprint), step)
@@ -266,6 +292,32 @@ class _Figures:
 
 
 _NO_STATS = _Figures(None, None)
+
+
+def _over_ranks(
+    stats: StepStats, weight: int, n_tokens: int, ranks: Ranks, device: torch.device
+) -> tuple[_Figures, int, int]:
+    """A step's figures over all ranks, each rank's weighted as the loss is (by labeled tokens, or
+    pairs); with the total weight and tokens. One process: its own figures, unchanged."""
+    sums = [stats.loss.detach().item() * weight, stats.accuracy * weight, (stats.margin or 0.0) * weight]
+    loss, accuracy, margin, total, tokens = all_sum([*sums, weight, n_tokens], ranks, device)
+    per = max(total, 1)
+    figures = _Figures(loss / per, accuracy / per, None if stats.margin is None else margin / per)
+    return figures, int(total), int(tokens)
+
+
+class _Step(torch.nn.Module):
+    """A batch's figures as a module's forward. The objectives run the decoder and the LM head
+    themselves rather than the model's forward, and DistributedDataParallel hooks forward: through
+    this module it sees the computation whose gradients it averages."""
+
+    def __init__(self, model: torch.nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Batch, extra: Any) -> StepStats:
+        return self.objective.stats(self.model, batch, extra)
 
 
 class SupervisedObjective:
@@ -303,13 +355,32 @@ def _objective(config: TrainConfig, tokenizer: PreTrainedTokenizerBase, max_seq_
     return SupervisedObjective(_load_examples(config.train_file, tokenizer, max_seq_len), valid_set, pad_id)
 
 
-def _load_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
-    # LoRA on CUDA keeps the frozen base in bf16 (PEFT keeps adapters fp32). Full
-    # fine-tuning keeps fp32 master weights: bf16 would round small updates away.
-    # Either way CUDA matmuls run under bf16 autocast (see _token_stats).
+# Base models loaded ahead of a run, by (model dir, device, dtype): see `preload_base_model`.
+_preloaded: dict[tuple[str, str, torch.dtype], PreTrainedModel] = {}
+
+
+def preload_base_model(model_dir: Path, device: str = "auto", precision: str = "auto") -> None:
+    """Loads the base model a LoRA run of `model_dir` would load, for the next `train` in this
+    process to take instead (a worker's warm training process does this while it waits for a job)."""
+    resolved = resolve_device(device)
+    dtype = _base_dtype("lora", resolve_training_precision(precision, resolved))
+    key = (str(model_dir.resolve()), str(resolved), dtype)
+    _preloaded[key] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=resolved)
+
+
+def _base_dtype(method: str, precision: Precision) -> torch.dtype:
+    # A bf16 LoRA run keeps the frozen base in bf16 (PEFT keeps adapters fp32). Full fine-tuning
+    # keeps fp32 master weights: bf16 would round small updates away. Either way a bf16 run's
+    # matmuls run under bf16 autocast (see `mixed_precision`).
+    return torch.bfloat16 if precision == "bf16" and method == "lora" else torch.float32
+
+
+def _load_model(config: TrainConfig, device: torch.device, precision: Precision) -> torch.nn.Module:
     lora = config.method == "lora"
-    dtype = torch.bfloat16 if device.type == "cuda" and lora else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(config.base_model_dir, dtype=dtype, device_map=device)
+    dtype = _base_dtype(config.method, precision)
+    model = _preloaded.pop((str(config.base_model_dir.resolve()), str(device), dtype), None)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(config.base_model_dir, dtype=dtype, device_map=device)
     if not lora:
         return model
     if config.init_adapter is not None:
@@ -345,43 +416,44 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
-def _train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    params: Sequence[torch.nn.Parameter],
-    objective: Objective,
-    batch: Batch,
-    extra: Any,
-    lr: float,
-) -> StepStats:
-    """Trains on one batch; the stats' loss is detached."""
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter], loss: torch.Tensor, lr: float
+) -> None:
+    """Backpropagates `loss` (outside autocast, as PyTorch advises) and updates the weights."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    stats = objective.stats(model, batch, extra)
-    stats.loss.backward()
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return dataclasses.replace(stats, loss=stats.loss.detach())
 
 
 @torch.no_grad()
 def _evaluate(
-    model: torch.nn.Module, objective: Objective, batches: Sequence[list[int]], device: torch.device
+    model: torch.nn.Module,
+    objective: Objective,
+    batches: Sequence[list[int]],
+    device: torch.device,
+    precision: Precision,
+    ranks: Ranks,
 ) -> _Figures:
     """The objective's figures over the validation examples of `batches`, weighted as the loss is
-    (per labeled token, or per pair)."""
+    (per labeled token, or per pair); each rank evaluates its share of each batch."""
     model.eval()
-    loss, accuracy, margin, weight = 0.0, 0.0, 0.0, 0
-    for indices in batches:
+    loss, accuracy, margin, weight = 0.0, 0.0, 0.0, 0.0
+    for indices in (shard(b, ranks) for b in batches):
+        if not indices:
+            continue
         batch, extra = objective.batch(indices, valid=True)
         extra = cast(Any, extra)  # what this objective's batch goes with
-        stats = objective.stats(model, batch.to(device), extra)
+        with mixed_precision(device, precision):
+            stats = objective.stats(model, batch.to(device), extra)
         loss += stats.loss.item() * stats.weight
         accuracy += stats.accuracy * stats.weight
         margin += (stats.margin or 0.0) * stats.weight
         weight += stats.weight
     model.train()
+    loss, accuracy, margin, weight = all_sum([loss, accuracy, margin, weight], ranks, device)
     weight = max(weight, 1)
     has_margin = isinstance(objective, PreferenceObjective)
     return _Figures(loss / weight, accuracy / weight, margin / weight if has_margin else None)

@@ -129,6 +129,8 @@ class CreateJobRequest(BaseModel):
                 raise ValueError(f"metadata key {key[:20]!r}… is longer than 64 characters")
             if len(value) > 512:
                 raise ValueError(f"metadata value of {key!r} is longer than 512 characters")
+            if "\x00" in key or "\x00" in value:  # PostgreSQL's JSON can't hold it as text: refused everywhere
+                raise ValueError(f"metadata key {key[:20]!r} or its value holds a NUL character (\\u0000)")
         return metadata
 
 

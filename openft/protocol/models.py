@@ -10,6 +10,9 @@ from pydantic import BaseModel
 # checkpoint's name adds the organization, the suffix and its id to one (`ft:{base}:{org}:…`).
 MAX_MODEL_CHARS = 1024
 
+# What GET /v1/models/{model}/export writes (an openft extension, docs/export.md).
+ExportFormat = Literal["peft", "merged", "gguf"]
+
 
 class Model(BaseModel):
     id: str

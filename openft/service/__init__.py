@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from openft.blobs import BlobStore
+from openft.blobs import BlobStore, open_blob_store
 from openft.config import Settings
 from openft.service.catalog import ModelCatalog
 from openft.service.chat import ChatService
+from openft.service.data_check import DataCheckService
+from openft.service.exports import ExportService
 from openft.service.files import FileService
 from openft.service.jobs import JobService
 from openft.service.models import BaseModelRegistry
@@ -30,6 +32,8 @@ class Services:
     models: ModelCatalog
     permissions: PermissionService
     chat: ChatService
+    exports: ExportService
+    data_check: DataCheckService
 
     def new_worker(self) -> Worker:
         return Worker(self.settings, self.database, self.blobs, self.files, self.base_models)
@@ -40,11 +44,11 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    """Opens the database (migrated to head) and the blob store under the data directory."""
+    """Opens the database (migrated to head) and the blob store (the data directory's, or object storage)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.resolved_database_url)
     database.migrate()
-    blobs = BlobStore(settings.blobs_dir)
+    blobs = open_blob_store(settings)
     files = FileService(database, blobs, Quotas(settings))
     base_models = BaseModelRegistry(settings)
     catalog = ModelCatalog(database, blobs, base_models)
@@ -59,4 +63,6 @@ def build_services(settings: Settings) -> Services:
         models=catalog,
         permissions=PermissionService(database, catalog, settings),
         chat=ChatService(catalog, base_models, settings),
+        exports=ExportService(catalog, base_models, settings),
+        data_check=DataCheckService(files, blobs, catalog, base_models, settings),
     )

@@ -56,7 +56,9 @@ class ModelCatalog:
         if self.base_models.find(name) is not None:
             return ResolvedModel(name=name, base_model=name, adapter_dir=None)
         checkpoint, base_model = self.usable_checkpoint(organization, name)
-        return ResolvedModel(name=name, base_model=base_model, adapter_dir=self.blobs.path(checkpoint.blob_key))
+        # Checkpoints never change once published: a server's cached copy of one is never stale.
+        adapter_dir = self.blobs.local_tree(checkpoint.blob_key)
+        return ResolvedModel(name=name, base_model=base_model, adapter_dir=adapter_dir)
 
     def delete(self, organization: str, name: str) -> DeletedObject:
         if self.base_models.find(name) is not None:
@@ -79,7 +81,7 @@ class ModelCatalog:
         was trained from. Otherwise 404 `model_not_found` naming `param`, as for a name that
         doesn't exist, so nobody learns of others' models. Base models are not checkpoints: look
         them up in `base_models` first. A job that starts from a checkpoint loads its adapter from
-        `blobs.path(record.blob_key)`; `record.organization` is the owner, not the caller."""
+        `blobs.local_tree(record.blob_key)`; `record.organization` is the owner, not the caller."""
         checkpoint, base_model, _ = self._find(organization, name, param)
         return checkpoint, base_model
 

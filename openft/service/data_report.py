@@ -71,14 +71,16 @@ def build_report(
     count_pair: Callable[[dict[str, Any]], tuple[int, int]] | None = None,
     min_examples: int,
     epochs: int | None,
+    param: str = "training_file",
 ) -> DataReport:
+    """`param` is what the job would use the file as: "training_file" or "validation_file"."""
     report = DataReport(file=str(path), model=model, format=None, context_length=context_length)
     lengths: list[int] = []
     pairs: list[tuple[int, int]] = []
     seen: set[bytes] = set()
     # A file is checked as what its first example is: preference pairs for DPO, else supervised.
     expected: training_data.Format = "preference" if training_data.first_format(path) == "preference" else "chat"
-    for line in training_data.scan(path, "training_file", expected, path.name):
+    for line in training_data.scan(path, param, expected, path.name):
         if line.error is not None:
             report.n_errors += 1
             if len(report.errors) < MAX_ERRORS_LISTED:
@@ -100,7 +102,8 @@ def build_report(
             LineError(
                 0,
                 "invalid_n_examples",
-                f"Training file has {report.n_examples} example(s), but must have at least {min_examples} examples",
+                f"{param.replace('_', ' ').capitalize()} has {report.n_examples} example(s), but must have at least "
+                f"{min_examples} examples",
             )
         )
     if lengths:
@@ -204,10 +207,18 @@ def _duration(seconds: float) -> str:
 
 
 def check_training_file(
-    path: Path, *, model: str, epochs: int | None, measure: bool, settings: Settings, base_models: BaseModelRegistry
+    path: Path,
+    *,
+    model: str,
+    epochs: int | None,
+    measure: bool,
+    settings: Settings,
+    base_models: BaseModelRegistry,
+    param: str = "training_file",
 ) -> DataReport:
     """The full report: checks and token counts with the model's tokenizer, and, when asked and the
-    file is usable, the training time expected from a throughput measured on this machine."""
+    file is usable, the training time expected from a throughput measured on this machine. A
+    validation file (`param="validation_file"`) needs one example, as a job's validation asks."""
     model_dir = base_models.local_directory(model)
     from openft.engine.counting import TokenCounter  # loads torch: only for this command, once the model is known
 
@@ -218,8 +229,9 @@ def check_training_file(
         count_tokens=counter.count,
         count_pair=counter.count_pair,
         context_length=settings.max_seq_len,
-        min_examples=settings.min_training_examples,
+        min_examples=settings.min_training_examples if param == "training_file" else 1,
         epochs=epochs,
+        param=param,
     )
     if measure and report.n_examples and not report.n_errors:
         add_estimate(report, _throughput(path, model, model_dir, settings))
@@ -231,7 +243,7 @@ def _throughput(path: Path, model: str, model_dir: Path, settings: Settings) -> 
     from openft.engine.throughput import measure_training_throughput
 
     cache = settings.data_dir / "throughput.json"
-    key = f"{model}|{settings.training_device}"
+    key = f"{model}|{settings.training_device}|{settings.training_precision}"
     known: dict[str, float] = json.loads(cache.read_text()) if cache.is_file() else {}
     if key not in known:
         expected: training_data.Format = "preference" if training_data.first_format(path) == "preference" else "chat"
@@ -244,6 +256,7 @@ def _throughput(path: Path, model: str, model_dir: Path, settings: Settings) -> 
             examples,
             max_seq_len=settings.max_seq_len,
             device=settings.training_device,
+            precision=settings.training_precision,
         )
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known, indent=1))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from openft.blobs import BlobStore
 from openft.config import Settings
@@ -64,10 +63,9 @@ class GarbageCollector:
         return report
 
     def _temporaries(self, before: float, report: GcReport) -> None:
-        for path in self.blobs.stale_temporaries(before):
-            report.bytes_freed += _size(path)
-            path.unlink(missing_ok=True)
-            report.temporary_files += 1
+        count, freed = self.blobs.remove_stale_temporaries(before)
+        report.temporary_files += count
+        report.bytes_freed += freed
 
     def _expired_files(self, now: int, report: GcReport) -> None:
         with self.database.transaction() as connection:
@@ -122,15 +120,14 @@ class GarbageCollector:
         for job in finished:
             with self.database.transaction() as connection:
                 cleared = job_rows.update_job(connection, job.id, from_statuses=TERMINAL, resume_from=None)
-            path = Path(job.resume_from or "").resolve()
-            if cleared and path.is_relative_to(self.blobs.root.resolve()) and path.is_file():
-                report.bytes_freed += _size(path)
-                path.unlink(missing_ok=True)
+            if cleared and job.resume_from and self._removable(job.resume_from):
+                report.bytes_freed += self.blobs.tree_size(job.resume_from)
+                self.blobs.delete(job.resume_from)
                 report.resume_states += 1
 
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+    def _removable(self, key: str) -> bool:
+        """A resume state still in the store (older rows hold a path: the local store's, if any)."""
+        try:
+            return self.blobs.exists(key)
+        except ValueError:  # a path outside the store: not the collector's to remove
+            return False

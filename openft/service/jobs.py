@@ -28,7 +28,7 @@ from openft.protocol.fine_tuning import (
     Method,
     SupervisedMethod,
 )
-from openft.service import hyperparameters, wandb_run
+from openft.service import capabilities, hyperparameters, wandb_run
 from openft.service.catalog import ModelCatalog
 from openft.service.files import FileService
 from openft.service.lifecycle import ACTIVE, TERMINAL, add_event, transition
@@ -69,6 +69,8 @@ class JobService:
         hyperparameters.check(requested, param_prefix)
         wandb_run.check_integrations(request.integrations, self.settings.wandb_integration)
         base_model, start_from = self._starting_point(organization, request.model)
+        base_parameters = self.base_models.parameter_count(base_model)
+        required_gpus = capabilities.required_gpus(base_parameters, self.settings)
         self._check_file(organization, request.training_file, "training_file")
         if request.validation_file is not None:
             self._check_file(organization, request.validation_file, "validation_file")
@@ -99,6 +101,8 @@ class JobService:
             resume_from=None,
             base_model=base_model,
             start_from=start_from,
+            base_parameters=base_parameters,
+            required_gpus=required_gpus,
         )
         validating = f"Validating training file: {record.training_file}"
         if record.validation_file:
@@ -108,6 +112,9 @@ class JobService:
             job_rows.insert_job(connection, record)
             add_event(connection, record.id, f"Created fine-tuning job: {record.id}")
             add_event(connection, record.id, validating)
+            unfit = capabilities.unfit_note(connection, base_model, base_parameters, required_gpus, self.settings)
+            if unfit:
+                add_event(connection, record.id, unfit, level="warn")
             if limits is not None:
                 limits.requests = self.quotas.job_allowance(connection, organization)
         return to_wire(record)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from openft.config import Settings
 from openft.engine.embedded import embedded_gguf_path
+from openft.engine.sizes import parameter_count
 from openft.errors import NotFound
 from openft.protocol.models import Model, ModelList
 
@@ -34,6 +35,7 @@ class BaseModelRegistry:
         self.settings = settings
         self._models = {model.id: model for model in self._discover()}
         self._convert_lock = threading.Lock()
+        self._parameters: dict[str, int | None] = {}
 
     def _discover(self) -> list[BaseModel]:
         models = []
@@ -71,6 +73,17 @@ class BaseModelRegistry:
         if model is None:
             raise model_not_found(model_id)
         return model
+
+    def parameter_count(self, model_id: str) -> int | None:
+        """The base model's parameters, read from its weight files' headers (once); None when
+        they can't be read: then its jobs fit any worker."""
+        model = self.find(model_id)
+        if model is None:
+            return None
+        if model_id not in self._parameters:
+            source = model.directory if model.directory is not None else model.gguf
+            self._parameters[model_id] = parameter_count(source) if source is not None else None
+        return self._parameters[model_id]
 
     def local_directory(self, model_id: str) -> Path:
         """The model's Hugging Face directory, converting the embedded GGUF once on first use."""

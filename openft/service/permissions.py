@@ -19,7 +19,7 @@ from openft.service.catalog import ModelCatalog
 from openft.service.models import model_not_found
 from openft.service.naming import organization_id
 from openft.service.paging import known_cursor
-from openft.store import Database
+from openft.store import Database, locks
 from openft.store import permissions as permission_rows
 from openft.store.checkpoints import CheckpointRecord
 from openft.store.permissions import PermissionRecord
@@ -52,6 +52,7 @@ class PermissionService:
                 grantees.append(grantee)
         records: list[PermissionRecord] = []
         with self.database.transaction() as connection:
+            locks.serialize(connection, f"permissions:{checkpoint.id}")  # the same grant at once: one row
             if not permission_rows.checkpoint_exists(connection, checkpoint.id):  # deleted meanwhile
                 raise model_not_found(checkpoint_name, param=CHECKPOINT_PARAM)
             for grantee in grantees:

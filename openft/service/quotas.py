@@ -18,6 +18,7 @@ from openft.config import Settings
 from openft.errors import QuotaExceeded, RateLimited, request_limit_headers, storage_limit_headers
 from openft.store import files as file_rows
 from openft.store import jobs as job_rows
+from openft.store import locks
 
 HOUR = 3600
 ACTIVE_JOB_RETRY_SECONDS = 60  # an active job ends when it ends: look again in a minute
@@ -68,6 +69,7 @@ class Quotas:
 
     def check_new_job(self, connection: Connection, organization: str) -> None:
         """In the transaction that inserts the job, so concurrent creations can't both slip past."""
+        _counting(connection, organization)
         limit = self.settings.jobs_per_hour
         _per_hour(job_rows.created_since(connection, organization, ids.now() - HOUR), limit, "fine-tuning jobs")
         active = job_rows.count_active(connection, organization)
@@ -91,6 +93,7 @@ class Quotas:
         return hourly
 
     def check_new_upload(self, connection: Connection, organization: str) -> None:
+        _counting(connection, organization)
         limit = self.settings.uploads_per_hour
         times = file_rows.uploaded_since(connection, organization, ids.now() - HOUR)
         _per_hour(times, limit, "files and Uploads")
@@ -107,10 +110,17 @@ class Quotas:
 
     def check_storage(self, connection: Connection, organization: str, adding: int, *, param: str) -> StorageAllowance:
         """In the transaction that records `adding` more bytes; returns what is stored with them."""
+        _counting(connection, organization)
         storage = self.storage(connection, organization)
         if storage.stored + adding > storage.limit:
             raise storage_exceeded(storage, adding, param=param)
         return StorageAllowance(storage.limit, storage.stored + adding)
+
+
+def _counting(connection: Connection, organization: str) -> None:
+    """A check before the insert it guards: concurrent creations of one organization take turns
+    from here to their commit, so two can't both count the state before the other's insert."""
+    locks.serialize(connection, f"quotas:{organization}")
 
 
 def storage_exceeded(storage: StorageAllowance, size: int, *, param: str, at_least: bool = False) -> QuotaExceeded:

@@ -36,7 +36,8 @@ class RunSpec:
     """Everything the child needs, picklable: it opens its own database connection."""
 
     database_url: str
-    blobs_root: str
+    blobs: BlobStore  # picklable: an object store's client is made again in the child
+    data_dir: str  # the worker's own
     job_id: str
     worker_id: str  # the job's holder while this run is the job's; another run's once it isn't
     organization: str
@@ -45,6 +46,7 @@ class RunSpec:
     checkpoints_kept: int
     output_key: str
     train_config: dict[str, Any]
+    processes: str = "auto"  # OPENFT_TRAINING_PROCESSES: this process is rank 0 of that many
 
 
 @dataclass(frozen=True)
@@ -90,18 +92,22 @@ def child_main(spec: RunSpec, report: Pipe) -> None:
 
 
 def _train(spec: RunSpec, recorder: _Recorder) -> RunOutcome:
-    from openft.engine import TrainConfig, train
+    from openft.engine import TrainConfig, resolve_processes, train_in_processes
 
     config_values = dict(spec.train_config)
     for key in ("base_model_dir", "train_file", "validation_file", "output_dir", "resume_from", "init_adapter"):
         if config_values.get(key) is not None:
             config_values[key] = Path(config_values[key])
-    result = train(TrainConfig(**config_values), recorder.callbacks())
+    config = TrainConfig(**config_values)
+    # With several processes this one is rank 0: the recorder's callbacks, the signals and the
+    # report stay here, and the other ranks follow its stop requests (see engine/distributed.py).
+    processes = resolve_processes(spec.processes, config.device)
+    result = train_in_processes(config, recorder.callbacks(), processes)
     recorder.database.dispose()
     return RunOutcome(
         status=result.status,
         trained_tokens=result.trained_tokens,
-        resume_state=str(result.resume_state) if result.resume_state else None,
+        resume_state=recorder.resume_key if result.resume_state else None,
     )
 
 
@@ -129,7 +135,8 @@ class _Recorder:
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
         self.database = Database(spec.database_url)
-        self.blobs = BlobStore(Path(spec.blobs_root))
+        self.blobs = spec.blobs
+        self.resume_key: str | None = None  # the blob of the last resume state this run saved
         self.parent = os.getppid()
         self.started = time.monotonic()
         self.first_step: int | None = None
@@ -176,7 +183,7 @@ class _Recorder:
             job,
             base_model=self.spec.base_model,
             train_config=self.spec.train_config,
-            data_dir=Path(self.spec.blobs_root).parent,  # the data dir: <data dir>/wandb/ without WANDB_DIR
+            data_dir=Path(self.spec.data_dir),  # <data dir>/wandb/ without WANDB_DIR
             start=start,
         )
         if options is not None:
@@ -191,8 +198,11 @@ class _Recorder:
         return self.wandb is None or self.wandb.finish(exit_code=1 if status == "error" else 0)
 
     def on_resume_state(self, path: Path, step: int) -> None:
+        # Recorded as a blob key, so the next run finds it wherever it runs (a PUT replaces it whole).
+        self.resume_key = f"{self.spec.output_key}/{path.name}"
+        self.blobs.upload_file(self.resume_key, path)
         with self.database.transaction() as connection:
-            job_rows.update_job(connection, self.spec.job_id, held_by=self.spec.worker_id, resume_from=str(path))
+            job_rows.update_job(connection, self.spec.job_id, held_by=self.spec.worker_id, resume_from=self.resume_key)
         log.info("resume state of %s saved at step %d", self.spec.job_id, step)
 
     def on_step(self, metrics: Any) -> None:
@@ -223,15 +233,20 @@ class _Recorder:
             "full_valid_loss": metrics.full_valid_loss,
             "full_valid_mean_token_accuracy": metrics.full_valid_mean_token_accuracy,
         }
+        checkpoint_id = ids.new_id("ftckpt_")
+        # Published under a key of its own, never reused (a resumed run may redo a step): a copy
+        # that an API server cached is never stale.
+        blob_key = f"{self.spec.output_key}/checkpoints/{Path(checkpoint.path).name}-{checkpoint_id}"
+        self.blobs.upload_tree(blob_key, Path(checkpoint.path))
         record = CheckpointRecord(
-            id=ids.new_id("ftckpt_"),
+            id=checkpoint_id,
             job_id=self.spec.job_id,
             organization=self.spec.organization,
             created_at=ids.now(),
             name=checkpoint_name(self.spec.base_model, self.spec.organization, self.spec.suffix, checkpoint.step),
             step_number=checkpoint.step,
             metrics={key: value for key, value in values.items() if value is not None},
-            blob_key=str(Path(checkpoint.path).resolve().relative_to(self.blobs.root.resolve())),
+            blob_key=blob_key,
         )
         with self.database.transaction() as connection:
             checkpoint_rows.insert_checkpoint(connection, record)

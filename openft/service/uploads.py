@@ -12,7 +12,7 @@ from openft.protocol.files import FileObject
 from openft.protocol.uploads import CompleteUploadRequest, CreateUploadRequest, Upload, UploadPart
 from openft.service.files import FileService, file_blob_key
 from openft.service.quotas import Limits
-from openft.store import Database
+from openft.store import Database, locks
 from openft.store import uploads as upload_rows
 from openft.store.uploads import UploadPartRecord, UploadRecord
 
@@ -82,6 +82,7 @@ class UploadService:
             blob_key=_part_blob_key(upload_id, part_id),
         )
         with self.database.transaction() as connection:
+            locks.serialize(connection, f"upload:{upload_id}")  # parts added at once count each other
             held = sum(part.bytes for part in upload_rows.list_parts(connection, upload_id))
             if held + record.bytes > upload.bytes:
                 self.blobs.delete(record.blob_key)

@@ -21,12 +21,14 @@ from openft.blobs import BlobStore
 from openft.config import Settings
 from openft.errors import NotFound
 from openft.service import hyperparameters, training_data
+from openft.service.capabilities import WorkerPresence, describe
 from openft.service.files import FileService
 from openft.service.gc import GarbageCollector
 from openft.service.lifecycle import add_event, fail, transition
 from openft.service.models import BaseModelRegistry
 from openft.service.naming import fine_tuned_model_name
-from openft.service.training_run import RunOutcome, RunSpec, start
+from openft.service.training_run import RunOutcome, RunSpec
+from openft.service.warm_trainer import Preload, WarmTrainer
 from openft.store import Database
 from openft.store import checkpoints as checkpoint_rows
 from openft.store import events as event_rows
@@ -79,18 +81,24 @@ class Worker:
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._counters: dict[str, TokenCounter] = {}
+        self.presence = WorkerPresence(database, settings, self.id)  # what it can run, in `workers`
+        self.warm = WarmTrainer(settings.warm_trainer_idle_seconds)
+        self.presence = WorkerPresence(database, settings, self.id)  # what it can run, in `workers`
 
     def start(self) -> None:
+        self.presence.register()
         for target in (self._validate_loop, self._train_loop, self._heartbeat_loop, self._gc_loop):
             thread = threading.Thread(target=target, name=f"{self.id}-{target.__name__}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("%s started", self.id)
+        log.info("%s started (%s)", self.id, describe(self.presence.capabilities))
 
     def stop(self) -> None:
         self.stopping.set()
         for thread in self._threads:
             thread.join()
+        self.warm.close()
+        self.presence.leave()
         log.info("%s stopped", self.id)
 
     def _loop(self, step: object) -> None:
@@ -114,6 +122,7 @@ class Worker:
             try:
                 with self.database.transaction() as connection:
                     job_rows.beat(connection, self.id, time.time())
+                self.presence.beat()
                 self.requeue_lost_jobs()
             except Exception:
                 log.exception("%s: heartbeat failed", self.id)
@@ -128,8 +137,10 @@ class Worker:
                 log.exception("%s: garbage collection failed", self.id)
 
     def _claim(self, status: str) -> JobRecord | None:
+        # Training takes only jobs whose base model fits this worker; validation runs anywhere.
+        bounds = self.presence.claim_bounds() if status == "queued" else {}
         with self.database.transaction() as connection:
-            return job_rows.claim_job(connection, self.id, status, time.time())
+            return job_rows.claim_job(connection, self.id, status, time.time(), **bounds)
 
     def _release(self, job_id: str) -> None:
         with self.database.transaction() as connection:
@@ -141,6 +152,7 @@ class Worker:
         job = self._claim("validating_files")
         if job is None:
             return False
+        self._get_ready(job)  # while the files are checked
         try:
             resolved = self._validate(job)
         except training_data.DataError as error:
@@ -210,7 +222,7 @@ class Worker:
         except NotFound:
             code = "invalid_validation_file" if param == "validation_file" else "invalid_training_file"
             raise training_data.DataError(code, f"File {file_id} no longer exists.", param) from None
-        return self.blobs.path(record.blob_key)
+        return self.blobs.local_file(record.blob_key)  # in place, or this worker's cached copy
 
     # --- training ---------------------------------------------------------------------------
 
@@ -234,7 +246,19 @@ class Worker:
             with self.database.transaction() as connection:
                 fail(connection, job.id, RUNNING, "training_failed", f"Training failed: {error}", None, worker_id=None)
             self._release(job.id)
+        if not self.stopping.is_set():
+            self._get_ready(job)  # the next job is likely on the same base model
         return True
+
+    def _get_ready(self, job: JobRecord) -> None:
+        """Has a training process made ready with `job`'s base model loaded (see warm_trainer)."""
+        try:
+            model_dir = self.base_models.local_directory(job.base)
+        except Exception:  # validation or training reports what is wrong with the model
+            log.exception("%s: no ready process for %s", self.id, job.base)
+            return
+        device, precision = self.settings.training_device, self.settings.training_precision
+        self.warm.prepare(Preload(str(model_dir), device, precision))
 
     def _start_adapter(self, job: JobRecord) -> str | None:
         """The adapter a continued job starts from (authorized when the job was created)."""
@@ -244,11 +268,12 @@ class Worker:
             found = checkpoint_rows.find_model(connection, job.start_from)
         if found is None:
             raise RuntimeError(f"the model {job.start_from} it continues no longer exists")
-        return str(self.blobs.path(found[0].blob_key))
+        return str(self.blobs.local_tree(found[0].blob_key))
 
     def _run_spec(self, job: JobRecord) -> RunSpec:
         resolved = job.hyperparameters["resolved"]
         output_key = f"jobs/{job.id}"
+        output_dir = self.blobs.work_dir(output_key)  # the runner publishes checkpoints from here
         train_config = {
             "base_model_dir": str(self.base_models.local_directory(job.base)),
             "training_method": job.method_type,
@@ -258,7 +283,7 @@ class Worker:
             "validation_file": str(self._file_path(job, job.validation_file, "validation_file"))
             if job.validation_file
             else None,
-            "output_dir": str(self.blobs.path(output_key)),
+            "output_dir": str(output_dir),
             "n_epochs": resolved["n_epochs"],
             "batch_size": resolved["batch_size"],
             "learning_rate": self.settings.base_learning_rate * resolved["learning_rate_multiplier"],
@@ -267,14 +292,18 @@ class Worker:
             "lora_alpha": self.settings.lora_alpha,
             "max_seq_len": self.settings.max_seq_len,
             "device": self.settings.training_device,
+            "precision": self.settings.training_precision,
             "eval_interval": self.settings.eval_interval_steps,
             # Set by a pause, or by the last run's periodic save when it crashed or its worker was lost.
-            "resume_from": job.resume_from,
+            "resume_from": str(self.blobs.fetch_file(job.resume_from, output_dir / "resume.pt"))
+            if job.resume_from
+            else None,
             "resume_save_seconds": self.settings.resume_save_seconds,
         }
         return RunSpec(
             database_url=self.settings.resolved_database_url,
-            blobs_root=str(self.blobs.root),
+            blobs=self.blobs,
+            data_dir=str(self.settings.data_dir),
             job_id=job.id,
             worker_id=self.id,
             organization=job.organization,
@@ -283,10 +312,11 @@ class Worker:
             checkpoints_kept=self.settings.checkpoints_kept,
             output_key=output_key,
             train_config=train_config,
+            processes=self.settings.training_processes,
         )
 
     def _supervise(self, job: JobRecord, spec: RunSpec) -> RunOutcome:
-        process, report = start(spec)
+        process, report = self.warm.start(spec)
         log.info("%s: training %s in process %s", self.id, job.id, process.pid)
         stop_asked_at: float | None = None
         while process.is_alive():

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, delete, insert, select
+from sqlalchemy import Connection, RowMapping, delete, func, insert, select
 
 from openft.store.paging import fetch_page
 from openft.store.records import row_values
@@ -56,13 +56,14 @@ def delete_events(connection: Connection, event_ids: list[str]) -> None:
 
 
 def message_events(connection: Connection, job_id: str, prefix: str) -> list[EventRecord]:
-    """A job's message events whose message starts with `prefix`, oldest first."""
+    """A job's message events whose message starts with `prefix` (case and all), oldest first."""
     rows = connection.execute(
         select(job_events)
         .where(
             job_events.c.job_id == job_id,
             job_events.c.type == "message",
-            job_events.c.message.startswith(prefix, autoescape=True),
+            # Not LIKE: SQLite's ignores the case of ASCII letters, PostgreSQL's doesn't.
+            func.substr(job_events.c.message, 1, len(prefix)) == prefix,
         )
         .order_by(job_events.c.seq)
     ).mappings()

@@ -1,5 +1,6 @@
 """Rows of fine-tuning jobs. The jobs table is also the work queue: every change of status is one
-conditional UPDATE, so two actors racing on a job can't both win."""
+conditional UPDATE, so two actors racing on a job can't both win; a claim locks the row it takes
+(`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's transactions take turns)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class JobRecord:
     resume_from: str | None
     base_model: str | None = None  # the base model trained: `model`, unless it names a fine-tuned model
     start_from: str | None = None  # the fine-tuned model or checkpoint a continued job starts from
+    base_parameters: int | None = None  # parameters of the base model (None: unknown): the memory it needs
+    required_gpus: int = 0  # GPUs the worker training it must have (0: any device)
 
     @property
     def base(self) -> str:
@@ -120,15 +123,35 @@ def update_job(
     return connection.execute(query.values(**_encode(values))).rowcount == 1
 
 
-def claim_job(connection: Connection, worker_id: str, status: str, heartbeat_at: float) -> JobRecord | None:
+def claim_job(
+    connection: Connection,
+    worker_id: str,
+    status: str,
+    heartbeat_at: float,
+    *,
+    max_parameters: int | None = None,
+    gpus: int | None = None,
+) -> JobRecord | None:
     """Takes an unclaimed job in `status` for `worker_id`, or None when there is none. Fair between
     organizations: the job of the organization with the fewest jobs being worked on goes first
     (running, or claimed from `status` and about to start), then that of the organization served
     least recently (its last training run's last heartbeat), then the oldest. So claims turn from
     one organization to the next, with one worker as with many, and one organization's 50 queued
-    jobs don't push another's one to the back. Still one conditional UPDATE: of two workers racing
-    for the same job, one gets it."""
-    waiting, other = jobs.alias("waiting"), jobs.alias("other")
+    jobs don't push another's one to the back.
+
+    Only jobs that fit the worker are taken: `max_parameters`, the largest base model it can train
+    (a job whose base model's size is unknown fits any), and `gpus`, the GPUs it has (a job needs
+    `required_gpus`); None: no bound.
+
+    Of two workers racing for the same job, one gets it. On SQLite the transaction holds the write
+    lock (BEGIN IMMEDIATE), so the choice and the UPDATE are one step. On PostgreSQL the choice
+    locks the chosen row `FOR UPDATE SKIP LOCKED`: a concurrent claimer skips it and takes the next
+    one instead of waiting, so claims don't queue behind each other. For that next one to be what a
+    claim made just after would choose, each waiting job is ordered by its organization's held count
+    plus its turn among that organization's waiting jobs (1 for the oldest): the oldest jobs of every
+    organization come before any organization's second, as if each claim before it had counted. One
+    claim alone chooses exactly as (held, served, oldest) says."""
+    waiting, other, ranked = jobs.alias("waiting"), jobs.alias("other"), jobs.alias("ranked")
     held = (other.c.worker_id.is_not(None)) & other.c.status.in_(["running", status])
     per_organization = (
         select(
@@ -139,17 +162,40 @@ def claim_job(connection: Connection, worker_id: str, status: str, heartbeat_at:
         .group_by(other.c.organization)
         .subquery("per_organization")
     )
+    conditions = [ranked.c.status == status, ranked.c.worker_id.is_(None)]
+    if max_parameters is not None:
+        conditions.append(or_(ranked.c.base_parameters.is_(None), ranked.c.base_parameters <= max_parameters))
+    if gpus is not None:
+        conditions.append(ranked.c.required_gpus <= gpus)
+    turns = (
+        select(
+            ranked.c.id,
+            func.row_number().over(partition_by=ranked.c.organization, order_by=ranked.c.seq).label("turn"),
+        )
+        .where(*conditions)
+        .subquery("turns")
+    )
     candidate = (
         select(waiting.c.id)
-        .select_from(waiting.join(per_organization, per_organization.c.organization == waiting.c.organization))
+        .select_from(
+            waiting.join(turns, turns.c.id == waiting.c.id).join(
+                per_organization, per_organization.c.organization == waiting.c.organization
+            )
+        )
+        # the row itself may have been claimed since the snapshot `turns` was computed from
         .where(waiting.c.status == status, waiting.c.worker_id.is_(None))
-        .order_by(per_organization.c.held, func.coalesce(per_organization.c.served_at, 0), waiting.c.seq)
+        .order_by(
+            per_organization.c.held + turns.c.turn,
+            func.coalesce(per_organization.c.served_at, 0),
+            waiting.c.seq,
+        )
         .limit(1)
-        .scalar_subquery()
     )
+    if connection.dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True, of=waiting)
     claimed = connection.execute(
         update(jobs)
-        .where(jobs.c.id == candidate, jobs.c.status == status, jobs.c.worker_id.is_(None))
+        .where(jobs.c.id == candidate.scalar_subquery(), jobs.c.status == status, jobs.c.worker_id.is_(None))
         .values(worker_id=worker_id, heartbeat_at=heartbeat_at)
         .returning(jobs.c.id)
     ).scalar()

@@ -99,6 +99,10 @@ jobs = Table(
     Column("resume_from", Text, nullable=True),
     Column("base_model", Text, nullable=True),  # what the job trains: `model`, or the base of an ft: model
     Column("start_from", Text, nullable=True),  # continued fine-tuning: the fine-tuned model or checkpoint
+    # What the job needs of the worker that trains it (service/capabilities.py): its base model's
+    # parameter count (NULL: unknown, any worker), and GPUs (0: any device).
+    Column("base_parameters", BigInteger, nullable=True),
+    Column("required_gpus", Integer, nullable=False, server_default="0"),
     Index("ix_jobs_organization_seq", "organization", "seq"),
     Index("ix_jobs_status", "status"),
 )
@@ -143,4 +147,18 @@ checkpoint_permissions = Table(
     Column("created_at", BigInteger, nullable=False),
     UniqueConstraint("checkpoint_id", "organization", name="uq_checkpoint_permissions_checkpoint_organization"),
     Index("ix_checkpoint_permissions_organization", "organization"),
+)
+
+# The workers alive (or lately so) and what each can run; a worker's row goes when it stops, or
+# when it has been silent for long (service/worker.py).
+workers = Table(
+    "workers",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("host", Text, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("capabilities", JSON, nullable=False),  # {"device": "cpu"|"cuda", "gpus": n, "memory_bytes": n}
+    Index("ix_workers_heartbeat_at", "heartbeat_at"),
 )

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from openft.engine import CheckpointInfo, StepMetrics, TrainConfig, tokenize_example, train
@@ -35,6 +36,7 @@ def config(tiny_dir: Path, tmp_path: Path) -> TrainConfig:
         batch_size=BATCH,
         learning_rate=0.1,
         eval_interval=2,
+        precision="fp32",  # exact comparisons; bf16 has its own test
     )
 
 
@@ -194,6 +196,21 @@ def test_full_fine_tuning_saves_whole_models(config: TrainConfig) -> None:
     model = AutoModelForCausalLM.from_pretrained(result.model_path)
     assert model.config.num_hidden_layers == 2
     assert AutoTokenizer.from_pretrained(result.model_path).chat_template is not None
+
+
+def test_bf16_training_follows_fp32(config: TrainConfig, tiny_dir: Path) -> None:
+    """Mixed precision: the per-step losses stay within 2% of an fp32 run's, the checkpoint holds
+    fp32 weights, and it scores the validation set as its run said (in fp32, as served)."""
+    fp32, bf16 = Recorder(), Recorder()
+    fp32.run(config)
+    result = bf16.run(dataclasses.replace(config, precision="bf16"))
+
+    assert [s.precision for s in (*fp32.starts, *bf16.starts)] == ["fp32", "bf16"]
+    assert [s.train_loss for s in bf16.steps] == pytest.approx([s.train_loss for s in fp32.steps], rel=0.02)
+    assert epoch_mean_loss(bf16, EPOCHS) < epoch_mean_loss(bf16, 1) - 0.1
+    assert result.model_path is not None
+    weights = load_file(result.model_path / "adapter_model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
 
 
 def test_learning_rate_decays_linearly_to_zero() -> None:

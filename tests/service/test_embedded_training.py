@@ -64,7 +64,7 @@ def test_smollm2_learns_its_training_answer(smollm2_dir: Path, tmp_path_factory:
         assert len(losses) == 30
         first_epoch, last_epoch = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
         assert last_epoch < first_epoch * 0.5, (first_epoch, last_epoch)
-        adapter = server.data_dir / "blobs" / "jobs" / job.id / "checkpoints" / "step-30"
+        (adapter,) = (server.data_dir / "blobs" / "jobs" / job.id / "checkpoints").glob("step-30-*")  # + the ckpt id
         base_answer, tuned_answer, base_logprob, tuned_logprob = _compare(smollm2_dir, adapter)
 
         # The same through the API, as a user calls it: the fine-tuned model answers as trained.

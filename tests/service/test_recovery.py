@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import TRAINING_ENV, chat_examples, start_server, wait_for_job, wait_until
+from tests.conftest import TRAINING_ENV, chat_examples, spawned_children, start_server, wait_for_job, wait_until
 
 # A resume state after every step, so that the kill always finds one to continue from.
 RECOVERY_ENV = {**TRAINING_ENV, "OPENFT_WORKER_TIMEOUT_SECONDS": "3", "OPENFT_RESUME_SAVE_SECONDS": "0.001"}
@@ -64,17 +64,6 @@ def test_a_killed_server_loses_nothing(tiny_dir: Path, tmp_path_factory: pytest.
         second.stop()
 
 
-def training_processes(server_pid: int) -> list[int]:
-    """The training children of a server's embedded worker (started from one of its threads)."""
-    pids = []
-    for children in Path(f"/proc/{server_pid}/task").glob("*/children"):
-        try:
-            pids += [int(pid) for pid in children.read_text().split()]
-        except OSError:
-            continue
-    return [pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-
-
 def test_a_killed_training_process_is_run_again_from_its_saved_step(
     tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -84,7 +73,7 @@ def test_a_killed_training_process_is_run_again_from_its_saved_step(
         file_id = client.files.create(file=("t.jsonl", chat_examples(10)), purpose="fine-tune").id
         job = client.fine_tuning.jobs.create(model="tiny", training_file=file_id, hyperparameters={"n_epochs": 8})
         wait_for_steps(client, job.id, 3)
-        (pid,) = training_processes(live.process.pid)
+        (pid,) = spawned_children(live.process.pid)
         os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
 
         finished = wait_for_job(client, job.id, ("succeeded", "failed", "cancelled"), timeout=240)

@@ -1,47 +1,14 @@
-"""The job queue is fair between organizations (`openft.store.jobs.claim_job`, on a real SQLite
-file): the organization with the fewest jobs being worked on goes first, then the oldest job, so
-one organization's 50 queued jobs don't push another's one to the back."""
+"""The job queue is fair between organizations (`openft.store.jobs.claim_job`), on SQLite and on
+PostgreSQL: the organization with the fewest jobs being worked on goes first, then the one served
+least recently, then the oldest job, so one organization's 50 queued jobs don't push another's one
+to the back."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import pytest
-
-from openft import ids
 from openft.store import Database
 from openft.store import jobs as job_rows
 from openft.store.jobs import JobRecord
-
-
-@pytest.fixture
-def database(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'openft.db'}")
-    database.migrate()
-    return database
-
-
-def queue(database: Database, organization: str, count: int = 1, status: str = "queued") -> list[str]:
-    created = []
-    with database.transaction() as connection:
-        for _ in range(count):
-            record = JobRecord(
-                id=ids.new_id("ftjob-"), organization=organization, model="tiny", training_file="file-x",
-                validation_file=None, status=status, created_at=ids.now(), finished_at=None,
-                estimated_finish=None, suffix=None, seed=1, method_type="supervised", hyperparameters={},
-                metadata=None, integrations=None, error=None, fine_tuned_model=None, result_files=[],
-                trained_tokens=None, control=None, worker_id=None, heartbeat_at=None, attempts=0,
-                resume_from=None,
-            )  # fmt: skip
-            job_rows.insert_job(connection, record)
-            created.append(record.id)
-    return created
-
-
-def claim(database: Database, worker: str = "worker-1", status: str = "queued") -> JobRecord | None:
-    with database.transaction() as connection:
-        return job_rows.claim_job(connection, worker, status, time.time())
+from tests.store.support import claim, queue
 
 
 def start(database: Database, job: JobRecord) -> None:
