@@ -71,7 +71,7 @@ def test_data_check_reports_a_valid_file_with_measured_timing(cli_env: dict[str,
     assert "over 2 epoch(s)" in result.stdout
     assert "expected training time on this machine: " in result.stdout and "tokens/s)" in result.stdout
     cache = json.loads((Path(cli_env["OPENFT_DATA_DIR"]) / "throughput.json").read_text())
-    assert cache["tiny|auto"] > 0
+    assert cache["tiny|auto|auto"] > 0  # model | device | precision
 
     as_json = json.loads(run_openft("data", "check", "--model", "tiny", "--json", str(duplicated), env=cli_env).stdout)
     assert as_json["n_examples"] == 12 and as_json["n_duplicates"] == 2
