@@ -162,7 +162,9 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     random.seed(config.seed)
     torch.manual_seed(config.seed)  # LoRA init and dropout
 
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
+    tokenizer = _preloaded_tokenizers.pop(str(config.base_model_dir.resolve()), None)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
     model = _load_model(config, device, precision)
     max_positions = int(causal_lm(model).config.max_position_embeddings)
     max_seq_len = config.max_seq_len or min(max_positions, DEFAULT_MAX_SEQ_LEN)
@@ -355,17 +357,32 @@ def _objective(config: TrainConfig, tokenizer: PreTrainedTokenizerBase, max_seq_
     return SupervisedObjective(_load_examples(config.train_file, tokenizer, max_seq_len), valid_set, pad_id)
 
 
-# Base models loaded ahead of a run, by (model dir, device, dtype): see `preload_base_model`.
+# Base models (by model dir, device, dtype) and tokenizers (by model dir) loaded ahead of a run:
+# see `preload_base_model`.
 _preloaded: dict[tuple[str, str, torch.dtype], PreTrainedModel] = {}
+_preloaded_tokenizers: dict[str, PreTrainedTokenizerBase] = {}
 
 
-def preload_base_model(model_dir: Path, device: str = "auto", precision: str = "auto") -> None:
-    """Loads the base model a LoRA run of `model_dir` would load, for the next `train` in this
-    process to take instead (a worker's warm training process does this while it waits for a job)."""
+def preload_base_model(
+    model_dir: Path, device: str = "auto", precision: str = "auto", warm_up: Callable[[], bool] = lambda: True
+) -> None:
+    """Loads the tokenizer and the base model a LoRA run of `model_dir` would load, for the next
+    `train` in this process to take instead; then, if `warm_up()` still says so (a worker's ready
+    process asks whether a job has come meanwhile), runs one small forward and backward pass so that
+    the kernels a first step sets up are set up."""
     resolved = resolve_device(device)
-    dtype = _base_dtype("lora", resolve_training_precision(precision, resolved))
-    key = (str(model_dir.resolve()), str(resolved), dtype)
-    _preloaded[key] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=resolved)
+    precision_used = resolve_training_precision(precision, resolved)
+    dtype = _base_dtype("lora", precision_used)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=resolved)
+    model.requires_grad_(False)  # as under LoRA; a warm-up's gradient goes to its input alone
+    _preloaded_tokenizers[str(model_dir.resolve())] = AutoTokenizer.from_pretrained(model_dir)
+    _preloaded[(str(model_dir.resolve()), str(resolved), dtype)] = model
+    if warm_up():
+        embeddings = model.get_input_embeddings()(torch.zeros(1, 16, dtype=torch.long, device=resolved))
+        with mixed_precision(resolved, precision_used):
+            hidden = model.get_decoder()(inputs_embeds=embeddings.detach().requires_grad_(), use_cache=False)
+            loss = hidden.last_hidden_state.float().sum()
+        loss.backward()
 
 
 def _base_dtype(method: str, precision: Precision) -> torch.dtype:
@@ -378,7 +395,8 @@ def _base_dtype(method: str, precision: Precision) -> torch.dtype:
 def _load_model(config: TrainConfig, device: torch.device, precision: Precision) -> torch.nn.Module:
     lora = config.method == "lora"
     dtype = _base_dtype(config.method, precision)
-    model = _preloaded.pop((str(config.base_model_dir.resolve()), str(device), dtype), None)
+    # A preloaded model is frozen for LoRA: full fine-tuning loads its own.
+    model = _preloaded.pop((str(config.base_model_dir.resolve()), str(device), dtype), None) if lora else None
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(config.base_model_dir, dtype=dtype, device_map=device)
     if not lora:

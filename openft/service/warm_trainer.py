@@ -115,7 +115,9 @@ def ready_main(preload: Preload | None, jobs: Pipe, report: Pipe, idle_seconds: 
 
     if preload is not None:
         try:
-            preload_base_model(Path(preload.base_model_dir), preload.device, preload.precision)
+            # The warm-up pass only while no job waits: a job that came meanwhile starts at once.
+            model_dir = Path(preload.base_model_dir)
+            preload_base_model(model_dir, preload.device, preload.precision, lambda: not jobs.poll(0))
         except Exception:  # the run will load it itself, and report what is wrong with it
             log.exception("could not preload %s", preload.base_model_dir)
     try:
