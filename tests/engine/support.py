@@ -25,6 +25,20 @@ def write_jsonl(path: Path, examples: Iterable[Mapping[str, Any]]) -> Path:
     return path
 
 
+def tiny_config(tiny_dir: Path, scratch: Path, n_train: int, **fields: Any) -> TrainConfig:
+    """A run of the tiny model on `n_train` arithmetic chats, validated on 4 more, in fp32 (exact
+    comparisons); `fields` sets the rest."""
+    chats = arithmetic_chats(n_train + 4)
+    return TrainConfig(
+        base_model_dir=tiny_dir,
+        train_file=write_jsonl(scratch / "train.jsonl", chats[:n_train]),
+        validation_file=write_jsonl(scratch / "valid.jsonl", chats[n_train:]),
+        output_dir=scratch / "out",
+        precision="fp32",
+        **fields,
+    )
+
+
 def arithmetic_chats(n: int) -> list[dict[str, Any]]:
     return [
         {

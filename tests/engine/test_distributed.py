@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from openft.engine import StepMetrics, TrainConfig, train
 from openft.engine.distributed import peers
 
-from .support import Recorder, arithmetic_chats, write_jsonl
+from .support import Recorder, tiny_config
 
 # fp32 on both sides; measured: losses within 1e-7 (sums in another order, other padding), the
 # final weights within 3e-5 of their scale. Averaging per-rank means instead misses by 25 %.
@@ -25,17 +25,10 @@ TOTAL_STEPS = EPOCHS * 4
 
 @pytest.fixture
 def config(tiny_dir: Path, tmp_path: Path) -> TrainConfig:
-    chats = arithmetic_chats(N_EXAMPLES + 4)
-    return TrainConfig(
-        base_model_dir=tiny_dir,
-        train_file=write_jsonl(tmp_path / "train.jsonl", chats[:N_EXAMPLES]),
-        validation_file=write_jsonl(tmp_path / "valid.jsonl", chats[N_EXAMPLES:]),  # batches of 3 and 1
-        output_dir=tmp_path / "out",
-        n_epochs=EPOCHS,
-        batch_size=BATCH,
-        learning_rate=0.01,  # at 0.05 Adam turns rounding in near-zero gradients into visible differences
-        eval_interval=2,
-        precision="fp32",
+    # 4 validation examples: batches of 3 and 1. At a learning rate of 0.05 Adam turns rounding in
+    # near-zero gradients into visible differences.
+    return tiny_config(
+        tiny_dir, tmp_path, N_EXAMPLES, n_epochs=EPOCHS, batch_size=BATCH, learning_rate=0.01, eval_interval=2
     )
 
 

@@ -18,7 +18,7 @@ from openft.engine import CheckpointInfo, StepMetrics, TrainConfig, tokenize_exa
 from openft.engine.data import IGNORE_INDEX
 from openft.engine.train import lr_at
 
-from .support import Crash, Recorder, arithmetic_chats, write_jsonl
+from .support import Crash, Recorder, tiny_config
 
 N_EXAMPLES, BATCH, EPOCHS = 10, 2, 3
 STEPS_PER_EPOCH = 5
@@ -26,17 +26,9 @@ STEPS_PER_EPOCH = 5
 
 @pytest.fixture
 def config(tiny_dir: Path, tmp_path: Path) -> TrainConfig:
-    chats = arithmetic_chats(N_EXAMPLES + 4)
-    return TrainConfig(
-        base_model_dir=tiny_dir,
-        train_file=write_jsonl(tmp_path / "train.jsonl", chats[:N_EXAMPLES]),
-        validation_file=write_jsonl(tmp_path / "valid.jsonl", chats[N_EXAMPLES:]),
-        output_dir=tmp_path / "out",
-        n_epochs=EPOCHS,
-        batch_size=BATCH,
-        learning_rate=0.1,
-        eval_interval=2,
-        precision="fp32",  # exact comparisons; bf16 has its own test
+    # fp32 (tiny_config's) for exact comparisons; bf16 has its own test.
+    return tiny_config(
+        tiny_dir, tmp_path, N_EXAMPLES, n_epochs=EPOCHS, batch_size=BATCH, learning_rate=0.1, eval_interval=2
     )
 
 
