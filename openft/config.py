@@ -148,6 +148,13 @@ class Settings(BaseSettings):
         "bfloat16 autocast, trainable weights, optimizer state and loss in float32), 'fp32', or 'auto': bf16 where "
         "the hardware multiplies bfloat16 natively (CUDA; CPUs with AVX512-BF16 or AMX), else fp32.",
     )
+    training_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads of each training process (torch's intra-op threads). 0: torch's default, one "
+        "per core. On a CPU that also serves chat completions, split the cores with OPENFT_SERVING_THREADS: "
+        "both at all cores slow each other 3-4x (bench/shared_cpu.py, docs/training.md).",
+    )
     training_processes: str = Field(
         "auto",
         pattern=r"^(auto|[1-9][0-9]*)$",
@@ -156,6 +163,12 @@ class Settings(BaseSettings):
         "that many. The job's batch_size stays the global batch.",
     )
     inference_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda' for chat.")
+    serving_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads that generate chat completions in the API process (torch's intra-op threads). "
+        "0: torch's default, one per core. See OPENFT_TRAINING_THREADS for a CPU that serves and trains at once.",
+    )
     inference_dtype: str = Field(
         "auto",
         description="Number format of served models: 'auto' (bfloat16 on CUDA, float32 on a CPU), 'float32', "

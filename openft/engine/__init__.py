@@ -2,6 +2,7 @@
 
 from openft.engine.convert import convert_gguf
 from openft.engine.data import TokenizedExample, render_completion_prompt, render_prompt, tokenize_example
+from openft.engine.devices import use_cpu_threads
 from openft.engine.distributed import resolve_processes, train_in_processes
 from openft.engine.embedded import embedded_gguf_path
 from openft.engine.generate import (
@@ -55,4 +56,5 @@ __all__ = [
     "tokenize_example",
     "train",
     "train_in_processes",
+    "use_cpu_threads",
 ]

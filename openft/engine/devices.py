@@ -17,6 +17,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_cpu_threads(threads: int) -> None:
+    """This process's torch intra-op threads: `threads`, or torch's default (one per core) for 0.
+    A training run and generation that share a CPU and both take every core slow each other
+    3-4x (bench/shared_cpu.py), hence a count for each."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """'auto' is bf16 on CUDA and fp32 on a CPU: see docs/serving.md for the CPU measurements."""
     if name == "auto":

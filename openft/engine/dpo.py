@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from openft.engine.data import Batch, TokenizedExample, collate, tokenize_example
-from openft.engine.lm import StepStats, labeled_logits
+from openft.engine.lm import StepStats, labeled_logprobs
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,9 @@ def collate_pairs(pairs: Sequence[PreferencePair], pad_id: int) -> Batch:
 
 def sequence_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Summed log-probability of each row's labeled tokens, [rows]."""
-    logits, targets, rows = labeled_logits(model, batch)
-    token_logps = -F.cross_entropy(logits, targets, reduction="none")
-    return torch.zeros(batch.input_ids.shape[0], device=logits.device).index_add(0, rows, token_logps)
+    labeled = labeled_logprobs(model, batch)
+    rows = torch.zeros(batch.input_ids.shape[0], device=labeled.logprobs.device)
+    return rows.index_add(0, labeled.rows, labeled.logprobs)
 
 
 def preference_stats(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> StepStats:

@@ -42,7 +42,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from openft.engine.data import render_completion_prompt, render_prompt
-from openft.engine.devices import resolve_device, resolve_dtype
+from openft.engine.devices import resolve_device, resolve_dtype, use_cpu_threads
 from openft.engine.generate import (
     Choice,
     Decoding,
@@ -158,10 +158,12 @@ class ModelServer:
         max_loaded_adapters: int = 8,
         max_batch_size: int = 16,
         prefill_chunk_tokens: int = 512,
+        threads: int = 0,
     ) -> None:
         if max_loaded_adapters < 1 or max_batch_size < 1 or prefill_chunk_tokens < 1:
             raise ValueError("max_loaded_adapters, max_batch_size and prefill_chunk_tokens must be at least 1")
         started = time.perf_counter()
+        use_cpu_threads(threads)  # the process's: the API process runs torch for generation alone
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self._tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(base_model_dir)

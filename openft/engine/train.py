@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -28,7 +27,7 @@ from openft.engine.data import (
 )
 from openft.engine.devices import Precision, resolve_device, resolve_training_precision
 from openft.engine.dpo import PreferenceObjective, tokenize_pair
-from openft.engine.lm import StepStats, causal_lm, labeled_logits, mixed_precision
+from openft.engine.lm import StepStats, causal_lm, labeled_logprobs, mixed_precision
 from openft.engine.ranks import Ranks, agree_on_stop, all_sum, current, data_parallel, rank_device, shard
 
 logger = logging.getLogger(__name__)
@@ -198,7 +197,14 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             precision=precision,
         )
     )
-    logger.info("training %d examples for %d steps on %s (%s)", len(objective.lengths), total_steps, device, precision)
+    logger.info(
+        "training %d examples for %d steps on %s (%s, %d threads)",
+        len(objective.lengths),
+        total_steps,
+        device,
+        precision,
+        torch.get_num_threads(),
+    )
     batches: list[list[int]] = []
     last_saved = time.monotonic()
     model.train()
@@ -479,11 +485,9 @@ def _evaluate(
 
 def _token_stats(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int, int]:
     """(summed cross-entropy, correct argmax predictions, labeled tokens) of one batch."""
-    logits, targets, _ = labeled_logits(model, batch)
+    labeled = labeled_logprobs(model, batch)
     # Summed so that an all-unlabeled batch gives 0 rather than NaN.
-    loss_sum = F.cross_entropy(logits, targets, reduction="sum")
-    correct = int((logits.argmax(dim=-1) == targets).sum())
-    return loss_sum, correct, targets.numel()
+    return -labeled.logprobs.sum(), int(labeled.correct.sum()), labeled.correct.numel()
 
 
 def _checkpoint_dir(output_dir: Path, step: int) -> Path:

@@ -389,6 +389,7 @@ class ChatService:
                 max_loaded_adapters=settings.max_loaded_adapters,
                 max_batch_size=settings.max_batch_size,
                 prefill_chunk_tokens=settings.prefill_chunk_tokens,
+                threads=settings.serving_threads,
             )
         except Exception as error:
             log.exception("loading base model %s for inference failed", base_model)

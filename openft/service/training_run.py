@@ -47,6 +47,7 @@ class RunSpec:
     output_key: str
     train_config: dict[str, Any]
     processes: str = "auto"  # OPENFT_TRAINING_PROCESSES: this process is rank 0 of that many
+    threads: int = 0  # OPENFT_TRAINING_THREADS: torch threads for the run (0: one per core), split among its ranks
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def child_main(spec: RunSpec, report: Pipe) -> None:
 
 
 def _train(spec: RunSpec, recorder: _Recorder) -> RunOutcome:
-    from openft.engine import TrainConfig, resolve_processes, train_in_processes
+    from openft.engine import TrainConfig, resolve_processes, train_in_processes, use_cpu_threads
 
     config_values = dict(spec.train_config)
     for key in ("base_model_dir", "train_file", "validation_file", "output_dir", "resume_from", "init_adapter"):
@@ -102,6 +103,7 @@ def _train(spec: RunSpec, recorder: _Recorder) -> RunOutcome:
     # With several processes this one is rank 0: the recorder's callbacks, the signals and the
     # report stay here, and the other ranks follow its stop requests (see engine/distributed.py).
     processes = resolve_processes(spec.processes, config.device)
+    use_cpu_threads(spec.threads)
     result = train_in_processes(config, recorder.callbacks(), processes)
     recorder.database.dispose()
     return RunOutcome(

@@ -313,6 +313,7 @@ class Worker:
             output_key=output_key,
             train_config=train_config,
             processes=self.settings.training_processes,
+            threads=self.settings.training_threads,
         )
 
     def _supervise(self, job: JobRecord, spec: RunSpec) -> RunOutcome:

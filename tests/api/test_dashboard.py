@@ -182,9 +182,7 @@ def test_cancel_a_job_from_its_page(page: Any, training_server: LiveServer, clie
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
-def test_jobs_page_lists_and_filters_by_status(
-    page: Any, training_server: LiveServer, journey: dict[str, str]
-) -> None:
+def test_jobs_page_lists_and_filters_by_status(page: Any, training_server: LiveServer, journey: dict[str, str]) -> None:
     sign_in(page, training_server, KEY)
     rows = page.locator("#jobs tbody tr[data-job]")
     expect(rows.first).to_be_visible()
