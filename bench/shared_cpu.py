@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,13 +32,6 @@ sys.path.insert(0, str(REPO / "bench"))
 from train_speed import BENCH_LORA, LEARNING_RATE, make_examples  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
-
-
-def _threads(value: str) -> None:
-    import torch
-
-    if value != "all":
-        torch.set_num_threads(int(value))
 
 
 def _ready_then_wait() -> float:
@@ -98,7 +92,9 @@ def generate_child(model_dir: Path, seconds: float) -> dict[str, Any]:
 
 
 def child(arguments: argparse.Namespace) -> None:
-    _threads(arguments.threads)
+    from openft.engine import use_cpu_threads
+
+    use_cpu_threads(0 if arguments.threads == "all" else int(arguments.threads))
     with tempfile.TemporaryDirectory() as scratch:
         if arguments.child == "train":
             result = train_child(arguments.model_dir, Path(scratch), arguments.seconds)
@@ -152,8 +148,6 @@ def main() -> None:
     if arguments.child:
         child(arguments)
         return
-    import os
-
     alone_train = run_together({"train": "all"}, arguments)["train"]
     alone_generate = run_together({"generate": "all"}, arguments)["generate"]
     print(f"{os.cpu_count()} cores; {arguments.seconds:.0f} s windows; model {arguments.model_dir}")
