@@ -1,6 +1,6 @@
 """A training run and generation sharing one CPU: how many threads each should get.
 
-    .venv/bin/python bench/shared_cpu.py [--splits all+all,1+1] [--seconds 40] [--model-dir DIR]
+    .venv/bin/python bench/shared_cpu.py [--splits all+all,1+1,shared+shared] [--seconds 40] [--model-dir DIR]
 
 Two processes, as a server that serves and trains on one machine has them: one trains with
 openft's engine (the bench LoRA of train_speed.py, automatic precision, batch 4, on its generated
@@ -9,7 +9,9 @@ requests one after another, base model, float32 as served on a CPU). Each loads 
 up, says it is ready and waits; then both start together and run for --seconds, and each reports
 what it did in its own window: trained tokens/s (non-pad, per optimizer step) and generated
 tokens/s. A split `T+G` gives the training process T torch threads and the generating one G
-(`all`: torch's default, one per core). First each runs alone with all threads: the baseline.
+(`all`: torch's default, one per core; `shared`: as a server does by default, every core while the
+other is idle and half while it is busy, through a directory both see: engine/cpu_share.py). First
+each runs alone with all threads: the baseline.
 
 Without --model-dir it uses the embedded SmolLM2-135M-Instruct (converted once under .cache/).
 """
@@ -40,7 +42,7 @@ def _ready_then_wait() -> float:
     return time.perf_counter()
 
 
-def train_child(model_dir: Path, scratch: Path, seconds: float) -> dict[str, Any]:
+def train_child(model_dir: Path, scratch: Path, seconds: float, share_dir: Path | None) -> dict[str, Any]:
     from openft.engine import StepMetrics, TrainCallbacks, TrainConfig, train
 
     data = scratch / "train.jsonl"
@@ -56,6 +58,7 @@ def train_child(model_dir: Path, scratch: Path, seconds: float) -> dict[str, Any
         lora_r=BENCH_LORA["r"],
         lora_alpha=BENCH_LORA["lora_alpha"],
         lora_target_modules=tuple(BENCH_LORA["target_modules"]),
+        cpu_share_dir=share_dir,
     )
     window: dict[str, Any] = {}
 
@@ -74,11 +77,11 @@ def train_child(model_dir: Path, scratch: Path, seconds: float) -> dict[str, Any
     return {"tok_s": (window["tokens"] - window["tokens0"]) / (window["end"] - window["start"])}
 
 
-def generate_child(model_dir: Path, seconds: float) -> dict[str, Any]:
+def generate_child(model_dir: Path, seconds: float, share_dir: Path | None) -> dict[str, Any]:
     from openft.engine.generate import GenerationParams
     from openft.engine.serving import ModelServer
 
-    server = ModelServer(model_dir, device="cpu")
+    server = ModelServer(model_dir, device="cpu", cpu_share_dir=share_dir)
     prompt = server.chat_prompt(PROMPT)
     params = GenerationParams(max_new_tokens=32, temperature=0.0)
     server.generate(prompt, params, None)  # warm-up
@@ -94,18 +97,20 @@ def generate_child(model_dir: Path, seconds: float) -> dict[str, Any]:
 def child(arguments: argparse.Namespace) -> None:
     from openft.engine import use_cpu_threads
 
-    use_cpu_threads(0 if arguments.threads == "all" else int(arguments.threads))
+    use_cpu_threads(int(arguments.threads) if arguments.threads.isdigit() else 0)
+    share_dir = arguments.share_dir if arguments.threads == "shared" else None
     with tempfile.TemporaryDirectory() as scratch:
         if arguments.child == "train":
-            result = train_child(arguments.model_dir, Path(scratch), arguments.seconds)
+            result = train_child(arguments.model_dir, Path(scratch), arguments.seconds, share_dir)
         else:
-            result = generate_child(arguments.model_dir, arguments.seconds)
+            result = generate_child(arguments.model_dir, arguments.seconds, share_dir)
     print(json.dumps(result), flush=True)
 
 
 def _spawn(role: str, threads: str, arguments: argparse.Namespace) -> subprocess.Popen[str]:
     command = [sys.executable, __file__, "--child", role, "--threads", threads]
     command += ["--model-dir", str(arguments.model_dir), "--seconds", str(arguments.seconds)]
+    command += ["--share-dir", str(arguments.share_dir)]
     return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -133,11 +138,12 @@ def run_together(roles: dict[str, str], arguments: argparse.Namespace) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--splits", default="all+all,1+1")
+    parser.add_argument("--splits", default="all+all,1+1,shared+shared")
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--child", choices=["train", "generate"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", default="all", help=argparse.SUPPRESS)
+    parser.add_argument("--share-dir", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.model_dir is None:
         from openft.engine import convert_gguf, embedded_gguf_path
@@ -148,6 +154,7 @@ def main() -> None:
     if arguments.child:
         child(arguments)
         return
+    arguments.share_dir = Path(tempfile.mkdtemp(prefix="openft-cpu-share-"))  # the "shared" splits' alone
     alone_train = run_together({"train": "all"}, arguments)["train"]
     alone_generate = run_together({"generate": "all"}, arguments)["generate"]
     print(f"{os.cpu_count()} cores; {arguments.seconds:.0f} s windows; model {arguments.model_dir}")

@@ -6,15 +6,19 @@
                                           [--model-dir DIR] [--seed 0] [--logs DIR]
 
 Without --model-dir it uses the embedded SmolLM2-135M-Instruct (converted once under .cache/).
-Everything runs on the CPU in float32, offline (HF_HUB_OFFLINE=1; the model is a local directory).
+Everything runs on the CPU, offline (HF_HUB_OFFLINE=1; the model is a local directory). Precision
+is each tool's own default: TRL turns bf16 autocast on by default (over fp32 weights), on the CPU
+too, and openft's "auto" trains a LoRA run with its frozen base in bf16 under autocast where the
+CPU multiplies bf16 natively; the -fp32 setups turn bf16 off in both.
 
 Setups (LoRA dropout 0 everywhere; "the bench LoRA" is r=16, alpha=32 on q,k,v,o_proj):
 
   trl-defaults     TRL SFTTrainer with its own defaults on the `messages` dataset: loss on every token,
-                   gradient checkpointing on, random batches. Set only what the comparison needs: the bench
-                   LoRA (peft_config), batch size, epochs, seed, use_cpu, bf16=False (TRL turns bf16 autocast
-                   on by default, on the CPU too: this benchmark is fp32), max_length=2048 (openft's; TRL's 1024
-                   truncates nothing here either), and no reports, saves or progress bar.
+                   gradient checkpointing on, random batches, bf16 autocast. Set only what the comparison
+                   needs: the bench LoRA (peft_config), batch size, epochs, seed, use_cpu, max_length=2048
+                   (openft's; TRL's 1024 truncates nothing here either), and no reports, saves or
+                   progress bar.
+  trl-fp32         as trl-defaults with bf16=False.
   trl-assistant    as trl-defaults, plus the loss on the assistant answer only, gradient checkpointing off
                    and openft's learning rate (1e-4). SmolLM2's chat template has no `{% generation %}`
                    markers and TRL 1.16 ships no training template for it, so `assistant_only_loss=True`
@@ -25,7 +29,8 @@ Setups (LoRA dropout 0 everywhere; "the bench LoRA" is r=16, alpha=32 on q,k,v,o
                    the same conversation, token for token, as the `messages` example; the one difference from
                    openft's labels is that TRL also trains on the newline after `<|im_end|>`.
   openft-lora      openft.engine.train with the bench LoRA (and its defaults otherwise: assistant-only
-                   loss, length-grouped batches, linear decay from 1e-4).
+                   loss, length-grouped batches, linear decay from 1e-4, precision "auto").
+  openft-lora-fp32 as openft-lora with precision "fp32".
   openft-defaults  openft.engine.train with its own defaults: r=8, alpha=16 on all seven linear layers.
 
 Each (setup, repeat) runs in a fresh subprocess, so peak RSS (the child's ru_maxrss, from os.wait4)

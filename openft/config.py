@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -151,9 +152,9 @@ class Settings(BaseSettings):
     training_threads: int = Field(
         0,
         ge=0,
-        description="CPU threads of each training process (torch's intra-op threads). 0: torch's default, one "
-        "per core. On a CPU that also serves chat completions, split the cores with OPENFT_SERVING_THREADS: "
-        "both at all cores slow each other 3-4x (bench/shared_cpu.py, docs/training.md).",
+        description="CPU threads of each training process (torch's intra-op threads). 0: every core while no "
+        "chat completion is generated on this host's CPU, half of them while one is (see OPENFT_CPU_SHARE_DIR): "
+        "both at every core slow each other 3-4x (bench/shared_cpu.py, docs/training.md). A number fixes it.",
     )
     training_processes: str = Field(
         "auto",
@@ -167,7 +168,15 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="CPU threads that generate chat completions in the API process (torch's intra-op threads). "
-        "0: torch's default, one per core. See OPENFT_TRAINING_THREADS for a CPU that serves and trains at once.",
+        "0: every core while no training run uses this host's CPU, half of them while one does (see "
+        "OPENFT_TRAINING_THREADS). A number fixes it.",
+    )
+    cpu_share_dir: Path | None = Field(
+        None,
+        description="A directory on this host where training processes and chat generation on the CPU say that "
+        "they are busy, so that each takes half the cores while the other is busy and every core otherwise "
+        "(engine/cpu_share.py). Every openft process of one host should see the same one; default: "
+        "openft-cpu-share in the system's temporary directory.",
     )
     inference_dtype: str = Field(
         "auto",
@@ -269,6 +278,11 @@ class Settings(BaseSettings):
     @property
     def single_user(self) -> bool:
         return not self.key_organizations
+
+    @property
+    def resolved_cpu_share_dir(self) -> Path:
+        # Not under data_dir: that may be shared by several hosts, and this is about one host's CPU.
+        return self.cpu_share_dir or Path(tempfile.gettempdir()) / "openft-cpu-share"
 
     @property
     def blobs_dir(self) -> Path:

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from openft.engine.cpu_share import CpuShare
 from openft.engine.data import render_completion_prompt, render_prompt
 from openft.engine.devices import resolve_device, resolve_dtype, use_cpu_threads
 from openft.engine.generate import (
@@ -159,12 +160,18 @@ class ModelServer:
         max_batch_size: int = 16,
         prefill_chunk_tokens: int = 512,
         threads: int = 0,
+        cpu_share_dir: Path | None = None,
     ) -> None:
         if max_loaded_adapters < 1 or max_batch_size < 1 or prefill_chunk_tokens < 1:
             raise ValueError("max_loaded_adapters, max_batch_size and prefill_chunk_tokens must be at least 1")
         started = time.perf_counter()
-        use_cpu_threads(threads)  # the process's: the API process runs torch for generation alone
         self.device = resolve_device(device)
+        # Before the scheduler thread starts: it takes the threads set here for its own.
+        use_cpu_threads(threads)  # the process's: the API process runs torch for generation alone
+        self._cpu_share: CpuShare | None = None
+        if cpu_share_dir is not None and self.device.type == "cpu":
+            self._cpu_share = CpuShare(cpu_share_dir, "serving", torch.get_num_threads() if threads else 0)
+        self._threads = torch.get_num_threads()
         self.dtype = resolve_dtype(dtype, self.device)
         self._tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(base_model_dir)
         base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=self.dtype, device_map=self.device)
@@ -198,7 +205,12 @@ class ModelServer:
         self._thread = threading.Thread(target=self._run, name=f"openft-serve-{base_model_dir.name}", daemon=True)
         self._thread.start()
         logger.info(
-            "loaded %s on %s (%s) in %.1f s", base_model_dir, self.device, self.dtype, time.perf_counter() - started
+            "loaded %s on %s (%s, %d threads) in %.1f s",
+            base_model_dir,
+            self.device,
+            self.dtype,
+            torch.get_num_threads(),
+            time.perf_counter() - started,
         )
 
     @property
@@ -322,6 +334,11 @@ class ModelServer:
     def _step(self) -> None:
         """One admission, prefill and decode step. A failed model pass fails only the requests that
         were in it; the others carry on."""
+        # torch's threads are per thread: set them here, in the scheduler's.
+        if self._cpu_share and (threads := self._cpu_share.share()) != self._threads:
+            busy = "busy" if threads < self._threads else "idle"
+            logger.info("generating on %d threads: training on this host is %s", threads, busy)
+            self._threads = threads
         self._drop_cancelled()
         self._admit()
         if self._prefilling is not None:
@@ -344,6 +361,8 @@ class ModelServer:
 
     def _shut_down(self) -> None:
         """Fail what is left, in the scheduler's hands or still in the inbox, with ServerClosed."""
+        if self._cpu_share:
+            self._cpu_share.close()
         closed = ServerClosed("the model server is closed")
         with self._lock:
             stranded, self._inbox = list(self._inbox), deque()

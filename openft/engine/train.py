@@ -18,6 +18,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from openft.engine.convert import atomic_dir
+from openft.engine.cpu_share import CpuShare
 from openft.engine.data import (
     Batch,
     TokenizedExample,
@@ -70,6 +71,11 @@ class TrainConfig:
     # old, so a crash loses at most this much work; 0 saves only at checkpoints and pauses.
     resume_save_seconds: float = 60.0
     eval_interval: int = 10  # steps between mini-batch validation losses; 0 turns them off
+    # Where training runs and generation on this host say they are busy (engine/cpu_share.py): a
+    # one-process CPU run then takes every core while generation is idle and half while it is busy,
+    # unless `fixed_threads` (it keeps the threads it was started with). None: no sharing.
+    cpu_share_dir: Path | None = None
+    fixed_threads: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,97 +203,117 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
             precision=precision,
         )
     )
+    share = _cpu_share(config, device, ranks)
+    threads = share.share() if share else torch.get_num_threads()
     logger.info(
         "training %d examples for %d steps on %s (%s, %d threads)",
         len(objective.lengths),
         total_steps,
         device,
         precision,
-        torch.get_num_threads(),
+        threads,
     )
-    batches: list[list[int]] = []
-    last_saved = time.monotonic()
-    model.train()
-    while step < total_steps:
-        epoch, index = divmod(step, steps_per_epoch)
-        if index == 0 or not batches:
-            batches = epoch_batches(objective.lengths, config.batch_size, config.seed, epoch)
-        stop = agree_on_stop(cb.should_stop() if ranks.leader else None, ranks, device)
-        if stop == "cancel":
-            logger.info("cancelled before step %d", step + 1)
-            return TrainResult("cancelled", step, total_steps, tokens_seen, None, None)
-        if stop == "pause":
-            state = config.output_dir / RESUME_FILE
-            if ranks.leader:
-                state = _save_resume(config.output_dir, model, optimizer, step, tokens_seen, fingerprint)
-                cb.on_resume_state(state, step)
-            logger.info("paused before step %d; state in %s", step + 1, state)
-            return TrainResult("paused", step, total_steps, tokens_seen, None, state)
+    try:
+        batches: list[list[int]] = []
+        last_saved = time.monotonic()
+        model.train()
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            if index == 0 or not batches:
+                batches = epoch_batches(objective.lengths, config.batch_size, config.seed, epoch)
+            stop = agree_on_stop(cb.should_stop() if ranks.leader else None, ranks, device)
+            if stop == "cancel":
+                logger.info("cancelled before step %d", step + 1)
+                return TrainResult("cancelled", step, total_steps, tokens_seen, None, None)
+            if stop == "pause":
+                state = config.output_dir / RESUME_FILE
+                if ranks.leader:
+                    state = _save_resume(config.output_dir, model, optimizer, step, tokens_seen, fingerprint)
+                    cb.on_resume_state(state, step)
+                logger.info("paused before step %d; state in %s", step + 1, state)
+                return TrainResult("paused", step, total_steps, tokens_seen, None, state)
 
-        started = time.perf_counter()
-        mine = shard(batches[index], ranks)
-        # A rank with no example of a small batch runs one at weight 0: its backward must still
-        # meet the others' in the gradient all-reduce.
-        batch, extra = objective.batch(mine or batches[index][:1])
-        lr = lr_at(step, total_steps, config.learning_rate)
-        with mixed_precision(device, precision):
-            stats = forward(batch.to(device), cast(Any, extra))
-        weight, n_tokens = (stats.weight, batch.n_tokens) if mine else (0, 0)
-        figures, total_weight, n_tokens = _over_ranks(stats, weight, n_tokens, ranks, device)
-        # The loss is the mean over all ranks' labeled tokens (or pairs), not a mean of per-rank
-        # means: scale this rank's mean by its share; DDP divides the summed gradients by `world`.
-        share = weight * ranks.world / max(total_weight, 1)  # exactly 1.0 in a one-process run
-        _optimizer_step(optimizer, params, stats.loss * share, lr)
-        step += 1
-        tokens_seen += n_tokens
-        logger.info(
-            "step %d/%d epoch %d: loss %.4f acc %.3f lr %.3g (%.0f tok/s)",
-            step,
-            total_steps,
-            epoch + 1,
-            figures.loss,
-            figures.accuracy,
-            lr,
-            n_tokens / (time.perf_counter() - started),
-        )
+            if share and (now := share.share()) != threads:
+                busy = "busy" if now < threads else "idle"
+                logger.info("step %d on %d threads: generation on this host is %s", step + 1, now, busy)
+                threads = now
+            started = time.perf_counter()
+            mine = shard(batches[index], ranks)
+            # A rank with no example of a small batch runs one at weight 0: its backward must still
+            # meet the others' in the gradient all-reduce.
+            batch, extra = objective.batch(mine or batches[index][:1])
+            lr = lr_at(step, total_steps, config.learning_rate)
+            with mixed_precision(device, precision):
+                stats = forward(batch.to(device), cast(Any, extra))
+            weight, n_tokens = (stats.weight, batch.n_tokens) if mine else (0, 0)
+            figures, total_weight, n_tokens = _over_ranks(stats, weight, n_tokens, ranks, device)
+            # The loss is the mean over all ranks' labeled tokens (or pairs), not a mean of per-rank
+            # means: scale this rank's mean by its share; DDP divides the summed gradients by `world`.
+            portion = weight * ranks.world / max(total_weight, 1)  # exactly 1.0 in a one-process run
+            _optimizer_step(optimizer, params, stats.loss * portion, lr)
+            step += 1
+            tokens_seen += n_tokens
+            logger.info(
+                "step %d/%d epoch %d: loss %.4f acc %.3f lr %.3g (%.0f tok/s)",
+                step,
+                total_steps,
+                epoch + 1,
+                figures.loss,
+                figures.accuracy,
+                lr,
+                n_tokens / (time.perf_counter() - started),
+            )
 
-        valid = _NO_STATS
-        if valid_batches and config.eval_interval and step % config.eval_interval == 0:
-            # Walk the validation batches in a fixed cycle, so a resumed run sees the same ones.
-            cycle = (step // config.eval_interval - 1) % len(valid_batches)
-            valid = _evaluate(model, objective, [valid_batches[cycle]], device, precision, ranks)
-        end_of_epoch = index == steps_per_epoch - 1
-        full_valid = _NO_STATS
-        if valid_batches and end_of_epoch:
-            full_valid = _evaluate(model, objective, valid_batches, device, precision, ranks)
-        metrics = StepMetrics(
-            step,
-            total_steps,
-            epoch + 1,
-            cast(float, figures.loss),
-            cast(float, figures.accuracy),
-            tokens_seen,
-            valid.loss,
-            valid.accuracy,
-            full_valid.loss,
-            full_valid.accuracy,
-            figures.margin,
-            valid.margin,
-            full_valid.margin,
-        )
-        cb.on_step(metrics)
-        if end_of_epoch and ranks.leader:
-            path = _save_checkpoint(config, model, tokenizer, step)
-            cb.on_checkpoint(CheckpointInfo(step, epoch + 1, path, metrics))
-        overdue = config.resume_save_seconds > 0 and time.monotonic() - last_saved >= config.resume_save_seconds
-        if (end_of_epoch or overdue) and ranks.leader:
-            # After the step's events and checkpoint: a run resumed from here redoes nothing
-            # that was recorded, and what was recorded after an older state is redone.
-            cb.on_resume_state(_save_resume(config.output_dir, model, optimizer, step, tokens_seen, fingerprint), step)
-            last_saved = time.monotonic()
+            valid = _NO_STATS
+            if valid_batches and config.eval_interval and step % config.eval_interval == 0:
+                # Walk the validation batches in a fixed cycle, so a resumed run sees the same ones.
+                cycle = (step // config.eval_interval - 1) % len(valid_batches)
+                valid = _evaluate(model, objective, [valid_batches[cycle]], device, precision, ranks)
+            end_of_epoch = index == steps_per_epoch - 1
+            full_valid = _NO_STATS
+            if valid_batches and end_of_epoch:
+                full_valid = _evaluate(model, objective, valid_batches, device, precision, ranks)
+            metrics = StepMetrics(
+                step,
+                total_steps,
+                epoch + 1,
+                cast(float, figures.loss),
+                cast(float, figures.accuracy),
+                tokens_seen,
+                valid.loss,
+                valid.accuracy,
+                full_valid.loss,
+                full_valid.accuracy,
+                figures.margin,
+                valid.margin,
+                full_valid.margin,
+            )
+            cb.on_step(metrics)
+            if end_of_epoch and ranks.leader:
+                path = _save_checkpoint(config, model, tokenizer, step)
+                cb.on_checkpoint(CheckpointInfo(step, epoch + 1, path, metrics))
+            overdue = config.resume_save_seconds > 0 and time.monotonic() - last_saved >= config.resume_save_seconds
+            if (end_of_epoch or overdue) and ranks.leader:
+                # After the step's events and checkpoint: a run resumed from here redoes nothing
+                # that was recorded, and what was recorded after an older state is redone.
+                cb.on_resume_state(
+                    _save_resume(config.output_dir, model, optimizer, step, tokens_seen, fingerprint), step
+                )
+                last_saved = time.monotonic()
 
-    final = _checkpoint_dir(config.output_dir, total_steps)
-    return TrainResult("completed", step, total_steps, tokens_seen, final, None)
+        final = _checkpoint_dir(config.output_dir, total_steps)
+        return TrainResult("completed", step, total_steps, tokens_seen, final, None)
+    finally:
+        if share:
+            share.close()
+
+
+def _cpu_share(config: TrainConfig, device: torch.device, ranks: Ranks) -> CpuShare | None:
+    if config.cpu_share_dir is None or device.type != "cpu":
+        return None
+    # The ranks of a multi-process run were each given their share of the cores: they keep it.
+    fixed = config.fixed_threads or ranks.world > 1
+    return CpuShare(config.cpu_share_dir, "training", torch.get_num_threads() if fixed else 0)
 
 
 @dataclass(frozen=True)

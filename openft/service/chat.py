@@ -390,6 +390,7 @@ class ChatService:
                 max_batch_size=settings.max_batch_size,
                 prefill_chunk_tokens=settings.prefill_chunk_tokens,
                 threads=settings.serving_threads,
+                cpu_share_dir=settings.resolved_cpu_share_dir,
             )
         except Exception as error:
             log.exception("loading base model %s for inference failed", base_model)

@@ -96,7 +96,8 @@ def _train(spec: RunSpec, recorder: _Recorder) -> RunOutcome:
     from openft.engine import TrainConfig, resolve_processes, train_in_processes, use_cpu_threads
 
     config_values = dict(spec.train_config)
-    for key in ("base_model_dir", "train_file", "validation_file", "output_dir", "resume_from", "init_adapter"):
+    paths = ("base_model_dir", "train_file", "validation_file", "output_dir", "resume_from", "init_adapter")
+    for key in (*paths, "cpu_share_dir"):
         if config_values.get(key) is not None:
             config_values[key] = Path(config_values[key])
     config = TrainConfig(**config_values)

@@ -294,6 +294,8 @@ class Worker:
             "device": self.settings.training_device,
             "precision": self.settings.training_precision,
             "eval_interval": self.settings.eval_interval_steps,
+            "cpu_share_dir": str(self.settings.resolved_cpu_share_dir),
+            "fixed_threads": self.settings.training_threads > 0,
             # Set by a pause, or by the last run's periodic save when it crashed or its worker was lost.
             "resume_from": str(self.blobs.fetch_file(job.resume_from, output_dir / "resume.pt"))
             if job.resume_from

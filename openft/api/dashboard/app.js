@@ -391,7 +391,10 @@ async function jobPage(main, [jobId], _params, page) {
     if (polling) return;
     polling = true;
     every(page, 1000, async () => {
-      job = await api(`/fine_tuning/jobs/${enc(jobId)}`);
+      // This tick's own status: a cancel answered meanwhile sets `job` too, and stopping on that
+      // would leave out its event, which these events were read too early to hold.
+      const fetched = await api(`/fine_tuning/jobs/${enc(jobId)}`);
+      job = fetched;
       const fresh = await allEvents(jobId, lastEvent, lastEvent ? 50 : 1000);
       if (fresh.length) {
         lastEvent = fresh[fresh.length - 1].id;
@@ -402,7 +405,7 @@ async function jobPage(main, [jobId], _params, page) {
         await refreshCheckpoints();
       }
       render();
-      polling = !TERMINAL.includes(job.status);
+      polling = !TERMINAL.includes(fetched.status);
       return polling; // a finished job has nothing more to show
     });
   }
