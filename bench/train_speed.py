@@ -413,7 +413,7 @@ def main() -> None:
         arguments.logs.mkdir(parents=True, exist_ok=True)
     peaks = {name: gemm_peak(arguments.model_dir, name) for name in ("fp32", "bf16")}
     print(
-        f"GEMM peak on the model's shapes: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s",
+        f"GEMM peak on the model's shapes: fp32 {peaks['fp32']:.3g} GFLOP/s, bf16 {peaks['bf16']:.3g} GFLOP/s",
         flush=True,
     )
     examples = make_examples(arguments.examples, arguments.seed)
