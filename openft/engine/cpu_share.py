@@ -44,9 +44,8 @@ class CpuShare:
     def busy(self) -> None:
         """Marks this process busy (a training run: until `close`)."""
         now = time.monotonic()
-        if self.role == "training" and self._touched:
-            return
-        if now - self._touched >= TOUCH_SECONDS or not self.path.exists():
+        # A training run's file stands until `close`; generation's time says when it last worked.
+        if not self._touched or (self.role == "serving" and now - self._touched >= TOUCH_SECONDS):
             self.path.touch()
             self._touched = now
 

@@ -20,7 +20,7 @@ def resolve_device(name: str) -> torch.device:
 def use_cpu_threads(threads: int) -> None:
     """This process's torch intra-op threads: `threads`, or torch's default (one per core) for 0.
     A training run and generation that share a CPU and both take every core slow each other
-    3-4x (bench/shared_cpu.py), hence a count for each."""
+    3-4x (bench/shared_cpu.py): engine/cpu_share.py moves cores between them, or a count fixes each."""
     if threads:
         torch.set_num_threads(threads)
 

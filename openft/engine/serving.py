@@ -167,10 +167,11 @@ class ModelServer:
         started = time.perf_counter()
         self.device = resolve_device(device)
         # Before the scheduler thread starts: it takes the threads set here for its own.
-        use_cpu_threads(threads)  # the process's: the API process runs torch for generation alone
         self._cpu_share: CpuShare | None = None
         if cpu_share_dir is not None and self.device.type == "cpu":
-            self._cpu_share = CpuShare(cpu_share_dir, "serving", torch.get_num_threads() if threads else 0)
+            self._cpu_share = CpuShare(cpu_share_dir, "serving", threads)  # sets a fixed count itself
+        else:
+            use_cpu_threads(threads)  # the process's: the API process runs torch for generation alone
         self._threads = torch.get_num_threads()
         self.dtype = resolve_dtype(dtype, self.device)
         self._tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(base_model_dir)
