@@ -1,0 +1,88 @@
+"""Short batches' matmul attention against transformers' own, on a real (small, random) Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from openft.engine import attention
+from openft.engine.attention import NAME, use_short_matmul_attention
+
+
+def _model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).train()
+
+
+def _double_model() -> LlamaForCausalLM:
+    # float64, so that what is compared is the arithmetic, not rounding: SDPA's CPU kernel itself
+    # differs from transformers' "eager" by ~5e-7 there, so the reference is "eager".
+    return _model().to(torch.float64)
+
+
+def _graph_names(tensor: torch.Tensor) -> set[str]:
+    names, todo, seen = set(), [tensor.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
+
+
+def _forward_backward(
+    model: LlamaForCausalLM, implementation: str, padded: bool
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.set_attn_implementation(implementation)
+    model.zero_grad()
+    input_ids = torch.randint(0, 128, (3, 12), generator=torch.Generator().manual_seed(1))
+    attention_mask = torch.ones(3, 12, dtype=torch.long)
+    if padded:
+        attention_mask[1, 8:] = 0  # right padding, as openft's batches pad
+    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    real = attention_mask.bool()
+    hidden[real].square().sum().backward()
+    return hidden[real].detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_matmul_attention_equals_eager(padded: bool) -> None:
+    model = _double_model()
+    want, want_grads = _forward_backward(model, "eager", padded)
+    got, got_grads = _forward_backward(model, NAME, padded)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert len(got_grads) == len(want_grads) > 0
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def _attention_graph(model: LlamaForCausalLM, length: int) -> set[str]:
+    input_ids = torch.zeros(2, length, dtype=torch.long)
+    return _graph_names(model.model(input_ids=input_ids).last_hidden_state)
+
+
+def test_long_batches_and_inference_keep_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model()
+    use_short_matmul_attention(model)
+    assert model.config._attn_implementation == NAME
+    assert "SoftmaxBackward0" in _attention_graph(model, 16)
+    # Scores over the budget (2 rows x 4 heads x 16 x 16 x 2 layers x 6 bytes = 24 KiB) go to SDPA.
+    monkeypatch.setattr(attention, "MATMUL_ATTENTION_BUDGET_BYTES", 16 * 1024)
+    assert "SoftmaxBackward0" not in _attention_graph(model, 16)
+    assert "SoftmaxBackward0" in _attention_graph(model, 8)
+    with torch.no_grad():
+        model.eval()
+        hidden = model.model(input_ids=torch.zeros(1, 8, dtype=torch.long)).last_hidden_state
+    assert hidden.grad_fn is None
