@@ -2,12 +2,12 @@
 
 Profiled on a bf16 LoRA step of the bench data (batches of 4 x 50-290 tokens, AMX CPU), SDPA's CPU
 flash kernel spent a quarter of the step in its backward pass, seven times its forward. Attention as
-two matrix products and a softmax (as transformers' "eager") ran the bench's batches 1.18x as fast
-there (1.06-1.40x by length; 7% on a Zen 4), but it keeps every layer's (heads x length x length)
-scores for the backward pass, which grows with the square of the length: so it is used only while
-all layers' scores stay within `MATMUL_ATTENTION_BUDGET_BYTES`, and only when training; longer
-batches and inference keep SDPA. In fp32 (a CPU without bf16) it measured slower, so fp32 runs keep
-SDPA everywhere (see `_load_model`).
+two matrix products and a softmax, with the mask added and the softmax in bf16 (the kernel
+accumulates in float32), ran the bench's padded batches' forward and backward 1.40-1.44x as fast.
+It keeps every layer's (heads x length x length) softmax for the backward pass, which grows with the
+square of the length and is slower than SDPA on long batches: so it is used only while all layers'
+scores fit `MATMUL_ATTENTION_BUDGET_BYTES`; longer batches keep SDPA. In fp32 (a CPU without bf16)
+transformers' "eager" attention measured slower than SDPA, so fp32 runs keep SDPA (see `_load_model`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "openft_short_matmul"
 
-# What the scores of every layer may keep for the backward pass, together: each score keeps its
-# float32 softmax (4 bytes) and that softmax's bf16 copy (2). 512 MiB lets SmolLM2-135M (30 layers,
-# 9 heads) take a batch of 4 x 287 tokens this way, about the longest bench batch (4 x 290); measured
-# there, the gain falls from 1.3-1.4x at 4 x 107-144 tokens to 1.06x at 4 x 252.
+# What the scores of every layer may keep for the backward pass, together: each keeps its softmax,
+# in bf16 (2 bytes). 512 MiB lets SmolLM2-135M (30 layers, 9 heads) take a batch of 4 x 498 tokens
+# this way. Measured there (decoder forward and backward, unpadded), the gain over SDPA falls from
+# 1.26x at 4 x 128 tokens to 1.05x at 4 x 384-512, and at 4 x 768 it ran at half SDPA's speed.
 MATMUL_ATTENTION_BUDGET_BYTES = 512 * 2**20
-BYTES_PER_SCORE = 6
+BYTES_PER_SCORE = 2
 
 
 def short_matmul_attention(
@@ -45,19 +45,26 @@ def short_matmul_attention(
     kv_len = key.shape[2]
     layers = getattr(getattr(module, "config", None), "num_hidden_layers", 32)
     short = batch * heads * q_len * kv_len * BYTES_PER_SCORE * layers <= MATMUL_ATTENTION_BUDGET_BYTES
-    if not (short and module.training and torch.is_grad_enabled()) or kwargs.get("softcap") is not None:
+    # Not only in training: the same batch gets the same values with or without gradients (DPO
+    # compares the two at the start); without them no scores are kept.
+    if not short or kwargs.get("softcap") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = heads // key.shape[1]
     key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     if attention_mask is None:  # SDPA's mask leaves out a plain causal one
         attention_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
-    # A large negative rather than -inf: a row with nothing to attend to (a pad) gets a uniform
-    # softmax instead of NaN; its output is never trained on.
-    scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    scores = torch.matmul(query * scale, key.transpose(2, 3))  # scaled on the smaller side
+    # Masked scores get the dtype's lowest value (added, so that the backward pass has nothing to
+    # mask), not -inf: a row with nothing to attend to (a pad) gets a uniform softmax instead of
+    # NaN; its output is never trained on.
+    bias = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device)
+    scores = scores + bias.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
+    # In the scores' dtype: the CPU kernel accumulates bf16 in float32 and rounds the result once,
+    # as a float32 softmax cast to bf16 would, at a third of the memory kept for the backward pass.
+    weights = torch.softmax(scores, dim=-1)
+    if dropout:
+        weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
 
 

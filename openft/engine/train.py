@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from openft.engine.attention import use_short_matmul_attention
@@ -437,16 +438,29 @@ def _load_model(config: TrainConfig, device: torch.device, precision: Precision)
     if precision == "bf16" and device.type == "cpu":
         use_short_matmul_attention(model)  # measured faster there only: see engine/attention.py
     if config.init_adapter is not None:
-        return PeftModel.from_pretrained(model, str(config.init_adapter), is_trainable=True)
-    targets = config.lora_target_modules
-    peft_config = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=targets if isinstance(targets, str) else list(targets),
-    )
-    return get_peft_model(model, peft_config)
+        peft_model = PeftModel.from_pretrained(model, str(config.init_adapter), is_trainable=True)
+    else:
+        targets = config.lora_target_modules
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=targets if isinstance(targets, str) else list(targets),
+        )
+        peft_model = get_peft_model(model, peft_config)
+    if precision == "bf16":
+        _keep_adapter_inputs_bf16(peft_model)
+    return peft_model
+
+
+def _keep_adapter_inputs_bf16(model: torch.nn.Module) -> None:
+    """PEFT casts each adapter's bf16 input to the adapter's fp32, and autocast casts it straight
+    back to bf16 for the adapter's matmul: an exact round trip, so skipping it changes no value and
+    saves two copies of every adapted layer's input, forward and backward."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            cast(Any, module).cast_input_dtype_enabled = False
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
