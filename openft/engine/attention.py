@@ -3,7 +3,7 @@
 Profiled on a bf16 LoRA step of the bench data (batches of 4 x 50-290 tokens, AMX CPU), SDPA's CPU
 flash kernel spent a quarter of the step in its backward pass, seven times its forward. Attention as
 two matrix products and a softmax, with the mask added and the softmax in bf16 (the kernel
-accumulates in float32), ran the bench's padded batches' forward and backward 1.40-1.44x as fast.
+accumulates in float32), made whole bench runs 20% faster (docs/training.md, "Training speed").
 It keeps every layer's (heads x length x length) softmax for the backward pass, which grows with the
 square of the length and is slower than SDPA on long batches: so it is used only while all layers'
 scores fit `MATMUL_ATTENTION_BUDGET_BYTES`; longer batches keep SDPA. In fp32 (a CPU without bf16)

@@ -4,6 +4,7 @@ log-probabilities of the labeled tokens of a batch (never the (tokens x vocab) l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,7 @@ def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
 # Rows of the LM head computed at a time. The (rows x vocab) float32 logits of a whole batch
 # (about 190 MB for 1,000 labeled tokens and a 49k vocabulary) and the same again for each of
 # their gradients made a third of a LoRA step on a CPU: allocating, filling and reading them.
-# In chunks of this size they stay in the cache and are recomputed for the backward pass (see
-# `labeled_logprobs`).
+# In chunks of this size they stay in the cache (see `labeled_logprobs`).
 HEAD_CHUNK_ROWS = 64
 
 
@@ -50,9 +50,11 @@ class LabeledTokens:
 
 def labeled_logprobs(model: torch.nn.Module, batch: Batch) -> LabeledTokens:
     """Runs the decoder to hidden states and the LM head only where a label is, a chunk of
-    `HEAD_CHUNK_ROWS` positions at a time, each chunk checkpointed: backward recomputes its
-    logits instead of keeping every chunk's. Under bf16 training the caller runs this inside
-    `mixed_precision` (checkpointing replays the autocast state); log-softmax is in float32."""
+    `HEAD_CHUNK_ROWS` positions at a time, keeping no chunk's logits for the backward pass: a
+    frozen head (LoRA) takes each chunk's gradient at once (`_FrozenHeadLogprobs`), a trained one
+    checkpoints the chunk (backward recomputes its logits). Under bf16 training the caller runs
+    this inside `mixed_precision` (checkpointing replays the autocast state); log-softmax is in
+    float32."""
     lm = causal_lm(model)
     hidden = lm.get_decoder()(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
@@ -63,16 +65,15 @@ def labeled_logprobs(model: torch.nn.Module, batch: Batch) -> LabeledTokens:
     labeled_hidden, labeled_targets = hidden[:, :-1][keep], targets[keep]
     # At least one chunk, so that a batch with no labels still gives (empty) tensors in the graph.
     starts = range(0, max(len(labeled_targets), 1), HEAD_CHUNK_ROWS)
-    chunks = [
-        checkpoint(
-            _head_logprobs,
-            lm,
-            labeled_hidden[start : start + HEAD_CHUNK_ROWS],
-            labeled_targets[start : start + HEAD_CHUNK_ROWS],
-            use_reentrant=False,
-        )
-        for start in starts
-    ]
+    pieces = [(labeled_hidden[i : i + HEAD_CHUNK_ROWS], labeled_targets[i : i + HEAD_CHUNK_ROWS]) for i in starts]
+    head = lm.get_output_embeddings()
+    assert isinstance(head, torch.nn.Module)
+    if not labeled_hidden.requires_grad:
+        chunks = [_head_logprobs(lm, h, t) for h, t in pieces]
+    elif any(p.requires_grad for p in head.parameters()):
+        chunks = [checkpoint(_head_logprobs, lm, h, t, use_reentrant=False) for h, t in pieces]
+    else:
+        chunks = [_FrozenHeadLogprobs.apply(h, t, lm) for h, t in pieces]
     return LabeledTokens(
         logprobs=torch.cat([logprobs for logprobs, _ in chunks]),
         correct=torch.cat([correct for _, correct in chunks]),
@@ -86,6 +87,32 @@ def _head_logprobs(
     logits = lm_logits(lm, hidden).float()
     logprobs = -F.cross_entropy(logits, targets, reduction="none")
     return logprobs, logits.argmax(dim=-1) == targets
+
+
+class _FrozenHeadLogprobs(torch.autograd.Function):
+    """`_head_logprobs` of a head without trainable weights, whose backward pass needs no logits.
+
+    Each labeled position's log-probability depends on its own hidden state only, so one backward
+    pass of the chunk's summed log-probabilities, taken in the forward pass, gives every row's
+    gradient (d logprob_i / d hidden_i); the real backward pass scales row i by its incoming
+    gradient. That is the chain rule, exactly, for any use of the log-probabilities (SFT's sum,
+    DPO's per-sequence sums), and it replaces checkpointing's second forward pass of the head."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, lm: PreTrainedModel
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            row_input = hidden.detach().requires_grad_()
+            logprobs, correct = _head_logprobs(lm, row_input, targets)
+            (ctx.row_grads,) = torch.autograd.grad(logprobs.sum(), row_input)
+        ctx.mark_non_differentiable(correct)
+        return logprobs.detach(), correct
+
+    @staticmethod
+    def backward(ctx: Any, grad_logprobs: torch.Tensor, _grad_correct: Any) -> tuple[torch.Tensor, None, None]:
+        row_grads: torch.Tensor = ctx.row_grads
+        return (grad_logprobs[:, None] * row_grads.float()).to(row_grads.dtype), None, None
 
 
 def mixed_precision(device: torch.device, precision: str) -> torch.autocast:

@@ -37,26 +37,31 @@ def _gradients(model: torch.nn.Module) -> list[torch.Tensor]:
     return grads
 
 
+@pytest.mark.parametrize("frozen_head", [False, True], ids=["trained-head", "frozen-head"])
 @pytest.mark.parametrize("chunk_rows", [7, 1000])
 def test_chunked_head_matches_the_whole_logits(
-    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int, frozen_head: bool
 ) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    if frozen_head:  # as under LoRA; the head is tied to the input embedding, frozen with it
+        model.get_output_embeddings().weight.requires_grad_(False)
     batch = _batch(model.config.vocab_size)
     monkeypatch.setattr(lm, "HEAD_CHUNK_ROWS", chunk_rows)
+    # A different weight for every token's log-probability, as DPO's per-answer sums make them.
+    token_weights = torch.rand(80, generator=torch.Generator().manual_seed(1))
 
     labeled = lm.labeled_logprobs(model, batch)
-    labeled.logprobs.sum().backward()
+    (labeled.logprobs * token_weights).sum().backward()
     chunked_grads = _gradients(model)
     expected, expected_correct = _whole_head(model, batch)
-    expected.sum().backward()
+    (expected * token_weights).sum().backward()
     whole_grads = _gradients(model)
 
     assert labeled.logprobs.shape == (80,)  # 30 labeled targets in each full row, 20 in the padded one
     torch.testing.assert_close(labeled.logprobs, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(labeled.correct, expected_correct)
     assert labeled.rows.tolist() == [0] * 30 + [1] * 30 + [2] * 20
-    assert len(chunked_grads) == len(whole_grads) > 0  # the tied embedding / LM head included
+    assert len(chunked_grads) == len(whole_grads) > 0  # the tied embedding / LM head included unless frozen
     for chunked, whole in zip(chunked_grads, whole_grads, strict=True):
         # Only the order of float32 sums differs: within 1e-4 of each tensor's scale.
         torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4 * float(whole.abs().max()))
