@@ -1,32 +1,20 @@
-"""Short batches' matmul attention against SDPA, on a real (small, random) Llama."""
+"""Short batches' matmul attention against SDPA, on the tiny (2-layer, random) Llama of the tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from openft.engine import attention
 from openft.engine.attention import NAME, use_short_matmul_attention
 
 
-def _model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).train()
-
-
-def _double_model() -> LlamaForCausalLM:
-    # float64, so that what is compared is the arithmetic, not rounding.
-    return _model().to(torch.float64)
+def _model(tiny_dir: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    # 4 query heads over 2 key/value heads, so the grouped-query path is exercised too.
+    return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=dtype, attn_implementation="sdpa").train()
 
 
 def _graph_names(tensor: torch.Tensor) -> set[str]:
@@ -42,7 +30,7 @@ def _graph_names(tensor: torch.Tensor) -> set[str]:
 
 
 def _forward_backward(
-    model: LlamaForCausalLM, implementation: str, padded: bool
+    model: PreTrainedModel, implementation: str, padded: bool
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model.set_attn_implementation(implementation)
     model.zero_grad()
@@ -57,8 +45,8 @@ def _forward_backward(
 
 
 @pytest.mark.parametrize("padded", [True, False])
-def test_matmul_attention_equals_sdpa(padded: bool) -> None:
-    model = _double_model()
+def test_matmul_attention_equals_sdpa(tiny_dir: Path, padded: bool) -> None:
+    model = _model(tiny_dir, torch.float64)  # so that what is compared is the arithmetic, not rounding
     want, want_grads = _forward_backward(model, "sdpa", padded)
     got, got_grads = _forward_backward(model, NAME, padded)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -67,13 +55,13 @@ def test_matmul_attention_equals_sdpa(padded: bool) -> None:
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
-def _attention_graph(model: LlamaForCausalLM, length: int) -> set[str]:
+def _attention_graph(model: PreTrainedModel, length: int) -> set[str]:
     input_ids = torch.zeros(2, length, dtype=torch.long)
     return _graph_names(model.model(input_ids=input_ids).last_hidden_state)
 
 
-def test_long_batches_keep_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _model()
+def test_long_batches_keep_sdpa(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model(tiny_dir)
     use_short_matmul_attention(model)
     assert model.config._attn_implementation == NAME
     assert "SoftmaxBackward0" in _attention_graph(model, 16)
@@ -83,10 +71,10 @@ def test_long_batches_keep_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "SoftmaxBackward0" in _attention_graph(model, 8)
 
 
-def test_scoring_without_gradients_equals_training() -> None:
+def test_scoring_without_gradients_equals_training(tiny_dir: Path) -> None:
     # DPO scores the reference answers without gradients, then trains the same network on them:
     # at the first step both must compute the same (a reward margin of exactly 0).
-    model = _model()
+    model = _model(tiny_dir)
     use_short_matmul_attention(model)
     input_ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
     trained = model.model(input_ids=input_ids).last_hidden_state.detach()
