@@ -9,7 +9,7 @@ Without --model-dir it uses the embedded SmolLM2-135M-Instruct (converted once u
 Everything runs on the CPU, offline (HF_HUB_OFFLINE=1; the model is a local directory). Precision
 is each tool's own default: TRL turns bf16 autocast on by default (over fp32 weights), on the CPU
 too, and openft's "auto" trains a LoRA run with its frozen base in bf16 under autocast where the
-CPU multiplies bf16 natively; the -fp32 setups turn bf16 off in both.
+CPU multiplies bf16 faster than fp32 (it measures); the -fp32 setups turn bf16 off in both.
 
 Setups (LoRA dropout 0 everywhere; "the bench LoRA" is r=16, alpha=32 on q,k,v,o_proj):
 

@@ -66,7 +66,7 @@ class TrainConfig:
     device: str = "auto"  # "auto": cuda if available, else cpu
     # "bf16": a LoRA run's frozen base in bf16 and every forward under bf16 autocast, with the
     # trainable weights, the optimizer state and the loss in fp32; "auto": bf16 where the hardware
-    # multiplies bf16 natively (CUDA, AVX512-BF16/AMX CPUs), else "fp32".
+    # multiplies bf16 faster than fp32 (CUDA; CPUs where it measures so: engine/devices.py), else "fp32".
     precision: str = "auto"
     resume_from: Path | None = None  # a saved resume state (see TrainCallbacks.on_resume_state)
     # Besides at every checkpoint and pause, the resume state is saved when the last save is this
