@@ -85,17 +85,19 @@ def test_a_batch_without_labels_gives_empty_tensors_in_the_graph(tiny_dir: Path)
 def test_a_linear_heads_closed_form_gradient_is_autograds(dtype: torch.dtype, bias: bool) -> None:
     generator = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(32, 500, bias=bias).to(dtype).requires_grad_(False)
-    hidden = torch.randn(70, 32, generator=generator).to(dtype)  # more rows than a chunk: buffers grow
-    targets = torch.randint(0, 500, (70,), generator=generator)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        logprobs, correct, row_grads = lm._linear_head_gradients(head, hidden, targets)
-        row_input = hidden.clone().requires_grad_()
-        logits = head(row_input).float()
-        expected = -F.cross_entropy(logits, targets, reduction="none")
-    (expected_grads,) = torch.autograd.grad(expected.sum(), row_input)
+    # A short chunk, then one of more rows than a chunk (the reused buffers grow), then a short one.
+    for rows in (20, lm.HEAD_CHUNK_ROWS + 70, 5):
+        hidden = torch.randn(rows, 32, generator=generator).to(dtype)
+        targets = torch.randint(0, 500, (rows,), generator=generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            logprobs, correct, row_grads = lm._linear_head_gradients(head, hidden, targets)
+            row_input = hidden.clone().requires_grad_()
+            logits = head(row_input).float()
+            expected = -F.cross_entropy(logits, targets, reduction="none")
+        (expected_grads,) = torch.autograd.grad(expected.sum(), row_input)
 
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: the matmuls round differently
-    torch.testing.assert_close(logprobs, expected, rtol=tolerance, atol=tolerance)
-    assert torch.equal(correct, logits.argmax(-1) == targets)
-    assert row_grads.dtype == dtype
-    torch.testing.assert_close(row_grads.float(), expected_grads.float(), rtol=tolerance, atol=tolerance)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: the matmuls round differently
+        torch.testing.assert_close(logprobs, expected, rtol=tolerance, atol=tolerance)
+        assert torch.equal(correct, logits.argmax(-1) == targets)
+        assert row_grads.dtype == dtype
+        torch.testing.assert_close(row_grads.float(), expected_grads.float(), rtol=tolerance, atol=tolerance)
