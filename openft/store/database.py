@@ -6,7 +6,9 @@ both; where the two differ (the queue's claim, a lock around a read-then-write) 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ from openft.errors import InvalidRequest
 from openft.store import locks
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_SECONDS = 30  # how long a writer waits for SQLite's one write lock
 
 
 class Database:
@@ -77,7 +80,7 @@ def _create_engine(url: str) -> Engine:
     database_path = url.split("///", 1)[-1]
     if database_path and database_path != ":memory:":
         Path(database_path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False})
     event.listen(engine, "before_cursor_execute", _refuse_nul)
     event.listen(engine, "connect", _configure_sqlite_connection)
     # pysqlite's own transaction handling defers BEGIN; emit it ourselves so every transaction
@@ -104,11 +107,27 @@ def _refuse_nul(
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _enable_wal(cursor)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
     cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switches the file to WAL (it stays so). Processes opening a new file together each take a
+    shared lock and ask for an exclusive one to switch it; SQLite answers all but one "database is
+    locked" at once, without its busy handler, since waiting would deadlock. So those retry, until
+    the switch is done or the busy timeout would have run out."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # a backoff: the other switch takes well under a millisecond
 
 
 def _begin_immediate(connection: Connection) -> None:
