@@ -433,7 +433,7 @@ class Worker:
     def requeue_lost_jobs(self) -> None:
         cutoff = time.time() - self.settings.worker_timeout_seconds
         with self.database.transaction() as connection:
-            lost = job_rows.stale_jobs(connection, cutoff)
+            lost = job_rows.stale_jobs(connection, cutoff, self.id)
         for job in lost:
             log.warning("%s: worker %s of %s went silent", self.id, job.worker_id, job.id)
             if job.status != "running":

@@ -202,11 +202,14 @@ def claim_job(
     return get_job(connection, claimed) if claimed else None
 
 
-def stale_jobs(connection: Connection, heartbeat_before: float) -> list[JobRecord]:
-    """Jobs held by a worker that has stopped beating."""
+def stale_jobs(connection: Connection, heartbeat_before: float, asking_worker: str) -> list[JobRecord]:
+    """Jobs held by a worker that has stopped beating, other than `asking_worker`: a worker that
+    asks is alive, and a late beat of its own (a busy machine, a wait for SQLite's write lock) must
+    not make it requeue a job it is still training."""
     rows = connection.execute(
         select(jobs).where(
             jobs.c.worker_id.is_not(None),
+            jobs.c.worker_id != asking_worker,
             or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at < heartbeat_before),
         )
     ).mappings()

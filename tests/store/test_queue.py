@@ -1,6 +1,7 @@
 """The jobs table as a work queue, on SQLite and PostgreSQL: with many workers claiming at once each
 job is claimed exactly once; on PostgreSQL a claim skips rows another claim has locked instead of
-waiting for it; a worker claims only jobs that fit what it can run."""
+waiting for it; a worker claims only jobs that fit what it can run; a worker finds the jobs of
+workers that went silent, never its own."""
 
 from __future__ import annotations
 
@@ -87,3 +88,16 @@ def test_validation_claims_ignore_capabilities(database: Database) -> None:
     validating = queue(database, "org-a", status="validating_files", base_parameters=10**12, required_gpus=8)[0]
     job = claim(database, "cpu-1", status="validating_files")  # the worker asks without bounds
     assert job is not None and job.id == validating
+
+
+def test_a_worker_finds_the_silent_jobs_of_others_but_never_its_own(database: Database) -> None:
+    queue(database, "org-a", 4)
+    mine, theirs, fresh = (claim(database, worker) for worker in ("worker-1", "worker-2", "worker-3"))
+    # The fourth stays queued, held by no one: not stale.
+    with database.transaction() as connection:
+        # worker-1 and worker-2 beat last a minute ago; worker-3 just now.
+        job_rows.beat(connection, "worker-1", time.time() - 60)
+        job_rows.beat(connection, "worker-2", time.time() - 60)
+        stale = job_rows.stale_jobs(connection, time.time() - 30, "worker-1")
+    assert mine and theirs and fresh
+    assert [job.id for job in stale] == [theirs.id]
