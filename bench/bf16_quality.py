@@ -28,7 +28,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import BENCH_LORA, REPO, make_examples
+from train_speed import BENCH_LORA, embedded_model_dir, make_examples
 
 from openft.engine import StepMetrics, TrainCallbacks, TrainConfig, tokenize_example, train
 from openft.engine.data import IGNORE_INDEX, render_prompt
@@ -84,9 +84,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=4)
     arguments = parser.parse_args()
-    from openft.engine import convert_gguf, embedded_gguf_path
-
-    model_dir = convert_gguf(embedded_gguf_path(), REPO / ".cache" / "test-models" / "smollm2-135m-instruct")
+    model_dir = embedded_model_dir()
     held_out = make_examples(arguments.held_out, seed=1)
     with tempfile.TemporaryDirectory(prefix="openft-bf16-") as scratch:
         data = Path(scratch) / "train.jsonl"

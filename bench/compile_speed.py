@@ -31,14 +31,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_speed import BENCH_LORA, REPO, make_examples
+from train_speed import BENCH_LORA, embedded_model_dir, make_examples
 
-from openft.engine import TrainConfig, convert_gguf, embedded_gguf_path
+from openft.engine import TrainConfig
 from openft.engine.data import epoch_batches
 from openft.engine.lm import causal_lm, mixed_precision
 
@@ -98,16 +97,14 @@ def main() -> None:
     run(config, args.compile, args.passes)
 
 
-def embedded_model_dir() -> Path:
-    return convert_gguf(embedded_gguf_path(), REPO / ".cache" / "test-models" / "smollm2-135m-instruct")
-
-
 def run(config: TrainConfig, what: str, passes: int) -> None:
     from transformers import AutoTokenizer
 
     device = torch.device("cpu")
     model = engine_train._load_model(config, device, config.precision)  # type: ignore[arg-type]
-    objective = engine_train._objective(config, AutoTokenizer.from_pretrained(config.base_model_dir), 2048)
+    objective = engine_train._objective(
+        config, AutoTokenizer.from_pretrained(config.base_model_dir), engine_train.DEFAULT_MAX_SEQ_LEN
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     step = engine_train._Step(model, objective)
@@ -153,7 +150,9 @@ def run(config: TrainConfig, what: str, passes: int) -> None:
     )
 
 
-def timed_first_steps(switch: Switch, train_step: Callable[[list[int]], tuple[float, int]], batches: Any) -> float:
+def timed_first_steps(
+    switch: Switch, train_step: Callable[[list[int]], tuple[float, int]], batches: list[list[int]]
+) -> float:
     """The compiled training steps' extra time on the first two batches (two lengths: dynamo may
     compile again once a size turns out to vary) over their eager times."""
     extra = 0.0

@@ -129,6 +129,13 @@ TAILS = ["", "", " and that is worth remembering", " more than most people expec
 # fmt: on
 
 
+def embedded_model_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct, converted once under .cache/ (as the tests convert it)."""
+    from openft.engine import convert_gguf, embedded_gguf_path
+
+    return convert_gguf(embedded_gguf_path(), REPO / ".cache" / "test-models" / "smollm2-135m-instruct")
+
+
 def make_examples(n: int, seed: int) -> list[dict[str, Any]]:
     """`n` chat examples (system, user, assistant), the same for the same (n, seed).
 
@@ -402,11 +409,7 @@ def main() -> None:
     else:
         trl_version = None
     if arguments.model_dir is None:
-        from openft.engine import convert_gguf, embedded_gguf_path
-
-        arguments.model_dir = convert_gguf(
-            embedded_gguf_path(), REPO / ".cache" / "test-models" / "smollm2-135m-instruct"
-        )
+        arguments.model_dir = embedded_model_dir()
 
     arguments.model_dir = arguments.model_dir.resolve()
     if arguments.logs:
