@@ -3,13 +3,23 @@
     .venv/bin/pip install -e '.[bench]'        # TRL, once
     .venv/bin/python bench/train_speed.py [--examples 100] [--batch-size 4] [--epochs 1] [--repeats 3]
                                           [--setups trl-defaults,trl-assistant,openft-lora,openft-defaults]
-                                          [--model-dir DIR] [--seed 0] [--logs DIR]
+                                          [--model smollm2-135m|smollm2-360m|smollm2-1.7b] [--model-dir DIR]
+                                          [--device cpu|cuda] [--tokenizer-dir DIR] [--seed 0] [--logs DIR]
 
-Without --model-dir it uses the embedded SmolLM2-135M-Instruct (converted once under .cache/).
-Everything runs on the CPU, offline (HF_HUB_OFFLINE=1; the model is a local directory). Precision
-is each tool's own default: TRL turns bf16 autocast on by default (over fp32 weights), on the CPU
-too, and openft's "auto" trains a LoRA run with its frozen base in bf16 under autocast where the
-CPU multiplies bf16 faster than fp32 (it measures); the -fp32 setups turn bf16 off in both.
+The model is the embedded SmolLM2-135M-Instruct (converted once under .cache/) unless --model names
+one of SmolLM2's larger sizes or --model-dir gives a model directory. No larger SmolLM2's weights
+can be fetched here, so `smollm2-360m` and `smollm2-1.7b` are those models' published shapes
+(layers, widths, heads, SmolLM2's tokenizer and vocabulary) with random weights, built once under
+.cache/bench-models/: a step costs the same whatever the weights' values, so their figures are
+speeds only (their losses start near ln(49152) = 10.8 and mean nothing). The tokenizer comes from
+the embedded model's conversion, or from --tokenizer-dir (its tokenizer.json, tokenizer_config.json
+and chat_template.jinja are enough) on a machine without the embedded model's package.
+
+Everything runs offline (HF_HUB_OFFLINE=1; the model is a local directory), on the CPU unless
+--device cuda. Precision is each tool's own default: TRL turns bf16 autocast on by default (over
+fp32 weights), on the CPU too, and openft's "auto" trains a LoRA run with its frozen base in bf16
+under autocast where the hardware multiplies bf16 faster than fp32 (on a CPU it measures; CUDA:
+where the card has bf16); the -fp32 setups turn bf16 off in both.
 
 Setups (LoRA dropout 0 everywhere; "the bench LoRA" is r=16, alpha=32 on q,k,v,o_proj):
 
@@ -34,18 +44,19 @@ Setups (LoRA dropout 0 everywhere; "the bench LoRA" is r=16, alpha=32 on q,k,v,o
   openft-defaults  openft.engine.train with its own defaults: r=8, alpha=16 on all seven linear layers.
 
 Each (setup, repeat) runs in a fresh subprocess, so peak RSS (the child's ru_maxrss, from os.wait4)
-is that run's alone; repeats go round-robin through the setups so that a change in machine load
-falls on all of them alike.
+and, on CUDA, peak GPU memory (torch.cuda.max_memory_allocated) are that run's alone; repeats go
+round-robin through the setups so that a change in machine load falls on all of them alike.
 
 Tokens/s = trained tokens / training-loop time. Trained tokens are counted once, the same way for
 every setup: the examples as the model's chat template renders them, tokenized, summed, times the
 epochs; padding is not counted. (Each child also reports the non-pad tokens it saw itself; a
 mismatch is printed.) The loop time runs from the start of training (openft: `on_start`; TRL:
 `on_train_begin`) to the end of the last optimizer step, so model loading, tokenization and the
-final save are left out for every setup; openft's end-of-epoch checkpoints before the last, and the
-resume state it saves every 60 s (`resume_save_seconds`, as in a job), are in. Since TRL's options
-move between releases, each TRL child checks that gradient checkpointing is on (or off) in the model
-and that the loss mask is the setup's, and fails otherwise.
+final save are left out for every setup (on CUDA each clock reading first waits for the queued
+kernels); openft's end-of-epoch checkpoints before the last, and the resume state it saves every
+60 s (`resume_save_seconds`, as in a job), are in. Since TRL's options move between releases, each
+TRL child checks that gradient checkpointing is on (or off) in the model and that the loss mask is
+the setup's, and fails otherwise.
 
 The data is generated here, deterministically from --seed (see `make_examples`): chat examples of
 a system, a user and an assistant turn, in plain English drawn from fixed word lists; the answer
@@ -82,6 +93,21 @@ BASELINE = "trl-defaults"
 BENCH_LORA = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 LEARNING_RATE = 1e-4  # openft's default peak rate
 MAX_LENGTH = 2048  # openft's default max_seq_len
+# SmolLM2's larger sizes, as their published config.json files give them (all with head_dim 64, tied
+# embeddings, SmolLM2's 49,152-token vocabulary and 8,192 positions); None is the embedded model itself.
+MODELS: dict[str, dict[str, int] | None] = {
+    "smollm2-135m": None,
+    "smollm2-360m": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                     "num_attention_heads": 15, "num_key_value_heads": 5},
+    "smollm2-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                     "num_attention_heads": 32, "num_key_value_heads": 32},
+}  # fmt: skip
+# Dense bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s (without sparsity), by a part of the
+# name torch gives the card; the first match counts, so "H100 PCIe" comes before "H100".
+CARD_BF16_TFLOPS = [
+    ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.5), ("H100", 989.4), ("A100", 312.0),
+    ("L40S", 362.1), ("L4", 121.0),
+]  # fmt: skip
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -136,6 +162,18 @@ def embedded_model_dir() -> Path:
     return convert_gguf(embedded_gguf_path(), REPO / ".cache" / "test-models" / "smollm2-135m-instruct")
 
 
+def bench_model_dir(name: str, tokenizer_dir: Path | None) -> Path:
+    """The model --model names: the embedded one, or a larger SmolLM2's shape with random weights
+    (seed 0) built once under .cache/bench-models/ with the embedded (or `tokenizer_dir`'s) tokenizer."""
+    from openft.engine import build_random_llama
+
+    shape = MODELS[name]
+    if shape is None:
+        return embedded_model_dir()
+    tokenizer = tokenizer_dir or embedded_model_dir()
+    return build_random_llama(tokenizer, REPO / ".cache" / "bench-models" / name, max_position_embeddings=8192, **shape)
+
+
 def make_examples(n: int, seed: int) -> list[dict[str, Any]]:
     """`n` chat examples (system, user, assistant), the same for the same (n, seed).
 
@@ -184,7 +222,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_trl(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int, epochs: int, seed: int) -> dict:
+def synchronize(device: str) -> None:
+    """CUDA runs ahead of Python: wait for the queued kernels, so that a clock reading counts them."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def peak_gpu_gib(device: str) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+
+
+def run_trl(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int, epochs: int, seed: int,
+            device: str) -> dict:  # fmt: skip
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -197,9 +250,11 @@ def run_trl(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int,
 
     class Clock(TrainerCallback):  # type: ignore[misc]
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            synchronize(device)
             clock["start"] = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            synchronize(device)
             clock["end"] = time.perf_counter()
 
     own: dict[str, Any] = {}
@@ -212,7 +267,7 @@ def run_trl(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int,
         per_device_train_batch_size=batch_size,
         num_train_epochs=epochs,
         seed=seed,
-        use_cpu=True,
+        use_cpu=device == "cpu",
         max_length=MAX_LENGTH,
         packing=False,
         report_to="none",
@@ -248,10 +303,12 @@ def run_trl(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "loss": output.training_loss,  # the mean of the steps' losses
         "precision": "bf16" if args.bf16 else "fp32",  # autocast over fp32 weights
+        "peak_gpu_gib": peak_gpu_gib(device),
     }
 
 
-def run_openft(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int, epochs: int, seed: int) -> dict:
+def run_openft(setup: str, model_dir: Path, data: Path, out: Path, batch_size: int, epochs: int, seed: int,
+               device: str) -> dict:  # fmt: skip
     from transformers import AutoTokenizer
 
     from openft.engine import StartInfo, StepMetrics, TrainCallbacks, TrainConfig, tokenize_example, train
@@ -271,7 +328,7 @@ def run_openft(setup: str, model_dir: Path, data: Path, out: Path, batch_size: i
         batch_size=batch_size,
         learning_rate=LEARNING_RATE,
         seed=seed,
-        device="cpu",
+        device=device,
         eval_interval=0,
         **own,
     )
@@ -281,11 +338,13 @@ def run_openft(setup: str, model_dir: Path, data: Path, out: Path, batch_size: i
     seen: dict[str, Any] = {}
 
     def on_start(info: StartInfo) -> None:
+        synchronize(device)
         clock["start"] = time.perf_counter()
         seen["trainable_params"] = info.trainable_params
         seen["precision"] = info.precision
 
     def on_step(metrics: StepMetrics) -> None:
+        synchronize(device)
         clock["end"] = time.perf_counter()
         seen.setdefault("losses", []).append(metrics.train_loss)
 
@@ -299,6 +358,7 @@ def run_openft(setup: str, model_dir: Path, data: Path, out: Path, batch_size: i
         "trainable_params": seen["trainable_params"],
         "loss": statistics.fmean(seen["losses"]),  # over the steps, as TRL's training_loss
         "precision": seen["precision"],
+        "peak_gpu_gib": peak_gpu_gib(device),
     }
 
 
@@ -313,6 +373,7 @@ def child(arguments: argparse.Namespace) -> None:
             arguments.batch_size,
             arguments.epochs,
             arguments.seed,
+            arguments.device,
         )
     arguments.result.write_text(json.dumps(figures))
 
@@ -333,6 +394,7 @@ def spawn(setup: str, arguments: argparse.Namespace, data: Path, scratch: Path, 
         "--batch-size", str(arguments.batch_size),
         "--epochs", str(arguments.epochs),
         "--seed", str(arguments.seed),
+        "--device", arguments.device,
     ]  # fmt: skip
     env = {**os.environ, **OFFLINE_ENV}
     started = time.perf_counter()
@@ -349,29 +411,53 @@ def spawn(setup: str, arguments: argparse.Namespace, data: Path, scratch: Path, 
     return figures
 
 
-def gemm_peak(model_dir: Path, dtype_name: str, rows: int = 1024, seconds: float = 3.0) -> float:
+def gemm_peak(model_dir: Path, dtype_name: str, device: str, seconds: float = 3.0) -> float:
     """GFLOP/s of the model's own matrix products (every layer's linear shapes once, then the LM head,
-    on `rows` tokens), the best of a few passes: the hardware limit this CPU reaches on them."""
+    on 1,024 tokens on a CPU, 8,192 on CUDA, whose small products would leave it idle), the best of a
+    few passes: the hardware limit this device reaches on them."""
     import torch
 
+    rows = 8192 if device == "cuda" else 1024
     config = json.loads((model_dir / "config.json").read_text())
     hidden, inner = config["hidden_size"], config["intermediate_size"]
     kv = hidden * config["num_key_value_heads"] // config["num_attention_heads"]
     shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inner), (hidden, inner)]
     shapes += [(inner, hidden)]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    weights = [torch.randn(k, n, dtype=dtype) for k, n in shapes] + [
-        torch.randn(hidden, config["vocab_size"], dtype=dtype)
+    weights = [torch.randn(k, n, dtype=dtype, device=device) for k, n in shapes] + [
+        torch.randn(hidden, config["vocab_size"], dtype=dtype, device=device)
     ]
-    inputs = {k: torch.randn(rows, k, dtype=dtype) for k, _ in shapes}
+    inputs = {k: torch.randn(rows, k, dtype=dtype, device=device) for k, _ in shapes}
     flops = sum(2 * rows * w.shape[0] * w.shape[1] for w in weights)
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
+        synchronize(device)
         started = time.perf_counter()
         for w in weights:
             torch.matmul(inputs[w.shape[0]], w)
+        synchronize(device)
         best = max(best, flops / (time.perf_counter() - started) / 1e9)
     return best
+
+
+def has_bf16(device: str) -> bool:
+    """Whether the device multiplies bf16 in hardware: without it (a CPU lacking AVX512-BF16, AMX or
+    Arm's BF16) bf16 is emulated, 0.3-20 GFLOP/s, and one pass of `gemm_peak` would take minutes."""
+    import torch
+
+    from openft.engine.devices import cpu_has_native_bf16
+
+    return torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_native_bf16()
+
+
+def card_bf16_peak(device: str) -> tuple[str, float | None]:
+    """The device's name and, for a card in CARD_BF16_TFLOPS, its datasheet bf16 peak in GFLOP/s."""
+    import torch
+
+    if device != "cuda":
+        return "CPU", None
+    name = torch.cuda.get_device_name()
+    return name, next((tflops * 1e3 for part, tflops in CARD_BF16_TFLOPS if part in name), None)
 
 
 def spread(values: list[float], digits: int) -> str:
@@ -380,7 +466,10 @@ def spread(values: list[float], digits: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--model", choices=list(MODELS), default="smollm2-135m", help="see above")
+    parser.add_argument("--model-dir", type=Path, default=None, help="a model directory instead of --model")
+    parser.add_argument("--tokenizer-dir", type=Path, default=None, help="for --model smollm2-360m/1.7b")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--examples", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=1)
@@ -409,14 +498,18 @@ def main() -> None:
     else:
         trl_version = None
     if arguments.model_dir is None:
-        arguments.model_dir = embedded_model_dir()
+        arguments.model_dir = bench_model_dir(arguments.model, arguments.tokenizer_dir)
 
     arguments.model_dir = arguments.model_dir.resolve()
     if arguments.logs:
         arguments.logs.mkdir(parents=True, exist_ok=True)
-    peaks = {name: gemm_peak(arguments.model_dir, name) for name in ("fp32", "bf16")}
+    precisions = ("fp32", "bf16") if has_bf16(arguments.device) else ("fp32",)
+    peaks = {name: gemm_peak(arguments.model_dir, name, arguments.device) for name in precisions}
+    device_name, card_peak = card_bf16_peak(arguments.device)
     print(
-        f"GEMM peak on the model's shapes: fp32 {peaks['fp32']:.3g} GFLOP/s, bf16 {peaks['bf16']:.3g} GFLOP/s",
+        f"GEMM peak on the model's shapes: fp32 {peaks['fp32']:.4g} GFLOP/s, "
+        + (f"bf16 {peaks['bf16']:.4g} GFLOP/s" if "bf16" in peaks else "bf16 not measured (no bf16 instructions)")
+        + (f"; {device_name}'s datasheet bf16 peak {card_peak:.4g} GFLOP/s" if card_peak else ""),
         flush=True,
     )
     examples = make_examples(arguments.examples, arguments.seed)
@@ -433,7 +526,9 @@ def main() -> None:
                 print(
                     f"{name} run {run}/{arguments.repeats}: {trained / figures['loop_s']:.1f} tok/s,"
                     f" {figures['steps']} steps in {figures['loop_s']:.1f} s ({figures['wall_s']:.0f} s in all),"
-                    f" peak RSS {figures['peak_rss_gib']:.2f} GiB, mean loss {figures['loss']:.3f}",
+                    f" peak RSS {figures['peak_rss_gib']:.2f} GiB"
+                    + (f", peak GPU memory {figures['peak_gpu_gib']:.2f} GiB" if figures["peak_gpu_gib"] else "")
+                    + f", mean loss {figures['loss']:.3f}",
                     flush=True,
                 )
                 for key in ("tokenized", "tokens_seen"):
@@ -450,8 +545,8 @@ def main() -> None:
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}"
     print()
     print(
-        f"model {arguments.model_dir} ({n_params / 1e6:.1f}M parameters), CPU, {torch.get_num_threads()} threads;"
-        f" {versions}" + (f", trl {trl_version}" if trl_version else "")
+        f"model {arguments.model_dir} ({n_params / 1e6:.1f}M parameters), {device_name},"
+        f" {torch.get_num_threads()} CPU threads; {versions}" + (f", trl {trl_version}" if trl_version else "")
     )
     print(
         f"{arguments.examples} chat examples (seed {arguments.seed}), {tokens:,} tokens; batch {arguments.batch_size},"
@@ -460,22 +555,30 @@ def main() -> None:
     print(
         f"MFU: 4 x {n_params / 1e6:.1f}M FLOPs per trained token (forward, and backward to the inputs; the frozen"
         f" base has no weight gradients) x tok/s, over the GEMM peak of the run's precision"
+        + (" and, for bf16, over the card's datasheet peak (MFU card)" if card_peak else "")
     )
     baseline = statistics.median(trained / f["loop_s"] for f in runs[BASELINE]) if BASELINE in runs else None
     width = max(len(SETUPS[name]) for name in setups)
+    on_gpu = arguments.device == "cuda"
     print(
-        f"{'setup':{width}}  {'trained tok/s':>19}  {'vs TRL':>6}  {'prec.':>5}  {'MFU':>4}  {'peak RSS GiB':>16}"
-        "  loss on (tokens)"
+        f"{'setup':{width}}  {'trained tok/s':>19}  {'vs TRL':>6}  {'prec.':>5}  {'MFU':>4}"
+        + ("  MFU card  peak GPU GiB" if on_gpu else "")
+        + f"  {'peak RSS GiB':>16}  loss on (tokens)"
     )
     for name in setups:
         speeds = [trained / f["loop_s"] for f in runs[name]]
         ratio = f"{statistics.median(speeds) / baseline:5.2f}x" if baseline else "     -"
         rss = [f["peak_rss_gib"] for f in runs[name]]
         precision = runs[name][0]["precision"]
-        mfu = 4 * n_params * statistics.median(speeds) / (peaks[precision] * 1e9)
+        flops = 4 * n_params * statistics.median(speeds)
+        gpu = ""
+        if on_gpu:
+            card = f"{flops / (card_peak * 1e9):.0%}" if card_peak and precision == "bf16" else "-"
+            gpu = f"  {card:>8}  {statistics.median(f['peak_gpu_gib'] for f in runs[name]):12.2f}"
+        mfu = f"{flops / (peaks[precision] * 1e9):.0%}" if precision in peaks else "-"
         print(
-            f"{SETUPS[name]:{width}}  {spread(speeds, 1):>19}  {ratio:>6}  {precision:>5}  {mfu:4.0%}"
-            f"  {spread(rss, 2):>16}  {runs[name][0]['labeled']:,}"
+            f"{SETUPS[name]:{width}}  {spread(speeds, 1):>19}  {ratio:>6}  {precision:>5}"
+            f"  {mfu:>4}{gpu}  {spread(rss, 2):>16}  {runs[name][0]['labeled']:,}"
         )
     if baseline is None:
         print(f"(no ratios: the baseline, {BASELINE}, was not run)")

@@ -14,7 +14,7 @@ from openft.engine.generate import (
     TokenLogprob,
 )
 from openft.engine.serving import ModelServer, Request, ServerClosed, ServerStats
-from openft.engine.tiny import build_tiny_model
+from openft.engine.tiny import build_random_llama, build_tiny_model
 from openft.engine.train import (
     CheckpointInfo,
     StartInfo,
@@ -46,6 +46,7 @@ __all__ = [
     "TrainCallbacks",
     "TrainConfig",
     "TrainResult",
+    "build_random_llama",
     "build_tiny_model",
     "convert_gguf",
     "embedded_gguf_path",
