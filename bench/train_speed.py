@@ -489,6 +489,10 @@ def main() -> None:
     setups = [name.strip() for name in arguments.setups.split(",") if name.strip()]
     if unknown := [name for name in setups if name not in SETUPS]:
         parser.error(f"unknown setup(s) {', '.join(unknown)}; known: {', '.join(SETUPS)}")
+    import torch
+
+    if arguments.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device on this machine")
     if any(name.startswith("trl") for name in setups):
         try:
             import trl
@@ -536,7 +540,6 @@ def main() -> None:
                         print(f"  note: {name} counts {figures[key]:,} tokens ({key}), not {trained:,}")
 
     import peft
-    import torch
     import transformers
     from safetensors import safe_open
 
